@@ -1,0 +1,93 @@
+# make train export benchmark   -- the whole pipeline (demo dataset unless DATA is given)
+# make test                     -- the test suite, slow tests on the Leeds butterflies included
+# Every target creates .venv first when it is missing.
+
+PYTHON    ?= python3
+VENV      := .venv
+PY        := $(VENV)/bin/python
+STAMP     := $(VENV)/.installed
+export TF_USE_LEGACY_KERAS := 1
+export TF_CPP_MIN_LOG_LEVEL := 2
+
+# Options, passed through when set (see README and `python -m train --help`).
+DATA ?=
+CSV ?=
+RUN ?=
+BACKBONE ?=
+WEIGHTS ?=
+ALPHA ?=
+IMG_SIZE ?=
+EPOCHS ?=
+EPOCHS_HEAD ?=
+EPOCHS_FINETUNE ?=
+BATCH ?=
+MAX_PER_CLASS ?=
+AUGMENT ?=
+UNFREEZE_FROM ?=
+UNFREEZE_LAYERS ?=
+SEED ?=
+OVERWRITE ?=
+MIXED_PRECISION ?=
+XLA ?=
+TRAIN_ARGS ?=
+VARIANTS ?=
+CALIB ?=
+QAT_EPOCHS ?=
+EXPORT_ARGS ?=
+MAX_DROP ?=
+MIN_AGREEMENT ?=
+BENCH_ARGS ?=
+VARIANT ?=
+GPU ?=
+PYTEST_ARGS ?=
+
+opt = $(if $(strip $(2)),$(1) $(2))
+flag = $(if $(filter 1 yes true,$(2)),$(1))
+
+TRAIN_OPTS = $(call opt,--data,$(DATA)) $(call opt,--csv,$(CSV)) $(call opt,--run,$(RUN)) \
+  $(call opt,--backbone,$(BACKBONE)) $(call opt,--weights,$(WEIGHTS)) $(call opt,--alpha,$(ALPHA)) \
+  $(call opt,--image-size,$(IMG_SIZE)) $(call opt,--epochs,$(EPOCHS)) $(call opt,--epochs-head,$(EPOCHS_HEAD)) \
+  $(call opt,--epochs-finetune,$(EPOCHS_FINETUNE)) $(call opt,--batch-size,$(BATCH)) \
+  $(call opt,--max-per-class,$(MAX_PER_CLASS)) $(call opt,--augment,$(AUGMENT)) \
+  $(call opt,--unfreeze-from,$(UNFREEZE_FROM)) $(call opt,--unfreeze-layers,$(UNFREEZE_LAYERS)) \
+  $(call opt,--seed,$(SEED)) $(call flag,--overwrite,$(OVERWRITE)) \
+  $(call flag,--mixed-precision,$(MIXED_PRECISION)) $(call flag,--xla,$(XLA)) $(TRAIN_ARGS)
+EXPORT_OPTS = $(call opt,--run,$(RUN)) $(call opt,--variants,$(VARIANTS)) $(call opt,--calibration-images,$(CALIB)) \
+  $(call opt,--qat-epochs,$(QAT_EPOCHS)) $(EXPORT_ARGS)
+BENCH_OPTS = $(call opt,--run,$(RUN)) $(call opt,--variants,$(VARIANTS)) $(call opt,--max-drop,$(MAX_DROP)) \
+  $(call opt,--min-agreement,$(MIN_AGREEMENT)) $(BENCH_ARGS)
+
+.PHONY: setup train export benchmark test test-fast bundle preview-augment clean
+
+setup: $(STAMP)
+
+$(STAMP): requirements.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements.txt
+	$(if $(filter 1 yes true,$(GPU)),$(PY) -m pip install --quiet "tensorflow[and-cuda]==$$(grep '^tensorflow==' requirements.txt | cut -d= -f3)")
+	touch $(STAMP)
+
+train: $(STAMP)
+	$(PY) -m train $(TRAIN_OPTS)
+
+preview-augment: $(STAMP)
+	$(PY) -m train preview-augment $(call opt,--data,$(DATA)) $(call opt,--image-size,$(IMG_SIZE)) $(call opt,--augment,$(AUGMENT))
+
+export: $(STAMP)
+	$(PY) -m export $(EXPORT_OPTS)
+
+benchmark: $(STAMP)
+	$(PY) -m benchmark $(BENCH_OPTS)
+
+bundle: $(STAMP)
+	$(PY) -m edge_runtime.bundle $(call opt,--run,$(RUN)) $(call opt,--variant,$(VARIANT))
+
+test: $(STAMP)
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-fast: $(STAMP)
+	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+
+clean:
+	rm -rf dist .pytest_cache

@@ -1,0 +1,112 @@
+"""Command-line options for training and how their defaults resolve.
+
+Without --data the built-in demo dataset is used, with small defaults that keep
+`make train export benchmark` short on a CPU; with --data the defaults suit real photos.
+"""
+import argparse
+import re
+
+from edge_runtime.errors import InputError
+
+from .model import BACKBONES
+
+# Options whose default depends on whether we train the demo or user data.
+DEMO_DEFAULTS = {"weights": "none", "image_size": "64", "epochs": 3, "batch_size": 32}
+DATA_DEFAULTS = {"weights": "imagenet", "image_size": "224", "epochs": 10, "batch_size": 32}
+
+# Options that must match for an interrupted run to be resumed.
+RESUME_KEYS = ("data_root", "csv", "backbone", "weights", "alpha", "image_size", "epochs_head", "epochs_finetune",
+               "batch_size", "lr", "lr_finetune", "dropout", "unfreeze_from", "unfreeze_layers", "train_bn",
+               "val_frac", "test_frac", "seed", "max_per_class", "class_weights", "augment", "mixed_precision")
+
+
+def parser():
+    p = argparse.ArgumentParser(prog="python -m train", description=(
+        "Fine-tune an ImageNet backbone on a folder of labelled images into runs/<name>/. "
+        "Subcommand `preview-augment` writes a PNG grid of augmented samples instead."))
+    a = p.add_argument
+    g = p.add_argument_group("data")
+    g.add_argument("--data", help="class-per-folder image tree, or the image root for --csv (default: built-in demo digits)")
+    g.add_argument("--csv", help="CSV of filename,label; filenames relative to --data")
+    g.add_argument("--val-frac", type=float, default=0.15)
+    g.add_argument("--test-frac", type=float, default=0.15)
+    g.add_argument("--max-per-class", type=int, default=0, help="undersample: cap images per class in the training split (0: no cap)")
+    g.add_argument("--no-class-weights", dest="class_weights", action="store_false", help="do not weight the loss by class frequency")
+    g.add_argument("--augment", type=float, default=1.0, help="augmentation strength (0 turns it off)")
+    g = p.add_argument_group("model")
+    g.add_argument("--backbone", default="resnet50", choices=sorted(BACKBONES))
+    g.add_argument("--weights", help="imagenet, none, or a local .h5 file of backbone weights (no top)")
+    g.add_argument("--alpha", type=float, default=1.0, help="width multiplier for mobilenet and mobilenet_v2")
+    g.add_argument("--image-size", help="input size: N or HxW, 32 and up (default 224; demo 64)")
+    g.add_argument("--dropout", type=float, default=0.2)
+    g = p.add_argument_group("training")
+    g.add_argument("--epochs", type=int, help="epochs per phase (default 10; demo 3)")
+    g.add_argument("--epochs-head", type=int, help="phase 1 epochs (head on the frozen backbone)")
+    g.add_argument("--epochs-finetune", type=int, help="phase 2 epochs (deeper layers unfrozen); 0 skips phase 2")
+    g.add_argument("--batch-size", type=int)
+    g.add_argument("--lr", type=float, default=1e-3, help="phase 1 learning rate")
+    g.add_argument("--lr-finetune", type=float, default=1e-4, help="phase 2 learning rate")
+    g.add_argument("--unfreeze-from", help="phase 2 trains from the first layer whose name starts with this (e.g. conv5_block1)")
+    g.add_argument("--unfreeze-layers", type=int, help="phase 2 trains the last N backbone layers instead")
+    g.add_argument("--train-bn", action=argparse.BooleanOptionalAction, default=None,
+                   help="let BatchNorm layers train in phase 2 (default: frozen; trained when --weights none)")
+    g.add_argument("--patience", type=int, default=4, help="early stopping patience (epochs)")
+    g.add_argument("--lr-patience", type=int, default=2, help="epochs without improvement before the learning rate is cut")
+    g.add_argument("--seed", type=int, default=0)
+    g = p.add_argument_group("hardware")
+    g.add_argument("--mixed-precision", action="store_true", help="mixed_float16 compute (GPU), float32 softmax")
+    g.add_argument("--xla", action="store_true", help="compile the training step with XLA")
+    g.add_argument("--strategy", default="auto", choices=["auto", "none", "mirrored", "multiworker"],
+                   help="auto: MirroredStrategy on several GPUs, MultiWorkerMirroredStrategy when TF_CONFIG is set")
+    g.add_argument("--logical-cpus", type=int, default=0, help=argparse.SUPPRESS)  # tests: mirror over N logical CPUs
+    g = p.add_argument_group("run folder")
+    g.add_argument("--run", help="run folder (default: runs/<data>-<backbone>, numbered if taken)")
+    g.add_argument("--overwrite", action="store_true", help="replace a finished run of the same name")
+    g.add_argument("--preview", default="augment_preview.png", help=argparse.SUPPRESS)
+    return p
+
+
+def parse_size(text):
+    m = re.fullmatch(r"\s*(\d+)\s*(?:[xX,]\s*(\d+))?\s*", str(text))
+    if not m:
+        raise InputError(f"--image-size must be N or HxW, got {text!r}")
+    h = int(m.group(1))
+    w = int(m.group(2) or h)
+    if h < 32 or w < 32:
+        raise InputError(f"--image-size must be at least 32 px, got {h}x{w}")
+    return [h, w]
+
+
+def resolve(args, demo):
+    """The complete option dict recorded in config.json."""
+    d = DEMO_DEFAULTS if demo else DATA_DEFAULTS
+    cfg = {k: v for k, v in vars(args).items() if k not in ("overwrite", "preview")}
+    cfg["weights"] = args.weights or d["weights"]
+    cfg["image_size"] = parse_size(args.image_size or d["image_size"])
+    epochs = args.epochs if args.epochs is not None else d["epochs"]
+    cfg["epochs_head"] = args.epochs_head if args.epochs_head is not None else epochs
+    cfg["epochs_finetune"] = args.epochs_finetune if args.epochs_finetune is not None else epochs
+    cfg["batch_size"] = args.batch_size or d["batch_size"]
+    cfg.pop("epochs")
+    if cfg["epochs_head"] < 0 or cfg["epochs_finetune"] < 0 or cfg["epochs_head"] + cfg["epochs_finetune"] < 1:
+        raise InputError("epochs must be non-negative and train for at least one epoch")
+    if cfg["batch_size"] < 1:
+        raise InputError(f"--batch-size must be at least 1, got {cfg['batch_size']}")
+    if args.unfreeze_from and args.unfreeze_layers:
+        raise InputError("give --unfreeze-from or --unfreeze-layers, not both")
+    if cfg["weights"] not in ("imagenet", "none"):
+        from pathlib import Path
+        if not Path(cfg["weights"]).is_file():
+            raise InputError(f"weights file {cfg['weights']} does not exist (use imagenet, none or a .h5 path)")
+        cfg["weights"] = str(Path(cfg["weights"]).resolve())
+    if cfg["weights"] == "none":
+        # random weights have no features worth protecting: phase 2 trains the whole backbone, BatchNorm included
+        if not (args.unfreeze_from or args.unfreeze_layers):
+            cfg["unfreeze_layers"] = 10**6
+        if cfg["train_bn"] is None:
+            cfg["train_bn"] = True
+    cfg["train_bn"] = bool(cfg["train_bn"])
+    if not BACKBONES[cfg["backbone"]].has_alpha:
+        cfg["alpha"] = None
+    cfg["demo"] = demo
+    return cfg

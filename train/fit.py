@@ -1,0 +1,308 @@
+"""One training run, start to finish: data, split, two phases with resume, evaluation, plots."""
+import json
+import os
+import shutil
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+from edge_runtime.errors import InputError
+from edge_runtime.files import atomic_path, write_json, write_text
+from edge_runtime.preprocess import contract
+
+from . import data as D
+from .config import RESUME_KEYS, resolve
+from .rundir import RUNS_DIR, Run
+
+VERSIONED = ("tensorflow", "tf-keras", "tensorflow-model-optimization", "numpy", "scikit-learn", "Pillow")
+
+
+def log(msg):
+    print(f"[train] {msg}", flush=True)
+
+
+def package_versions(names=VERSIONED):
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for n in names:
+        try:
+            out[n] = version(n)
+        except PackageNotFoundError:
+            out[n] = None
+    out["python"] = sys.version.split()[0]
+    return out
+
+
+# ---------------------------------------------------------------- run folder
+
+def _default_name(cfg):
+    data = "demo" if cfg["demo"] else Path(cfg["data_root"]).name
+    return f"{data}-{cfg['backbone']}"
+
+
+def choose_run(cfg, run_arg, overwrite):
+    """The run folder to use, and whether we resume an interrupted run in it."""
+    if run_arg:
+        run = Run(run_arg)
+        if run.finished and not overwrite:
+            raise InputError(f"run {run.path} is already finished; pass --overwrite (OVERWRITE=1) to replace it, or choose another --run")
+    else:
+        base = RUNS_DIR / _default_name(cfg)
+        run, n = Run(base), 1
+        while run.finished and not overwrite:  # never overwrite silently: take the next free name
+            n += 1
+            run = Run(f"{base}-{n}")
+    if overwrite and run.path.exists():
+        log(f"--overwrite: removing {run.path}")
+        shutil.rmtree(run.path)
+    if run.state_file.exists():
+        old = run.config()
+        diff = [k for k in RESUME_KEYS if old.get(k) != cfg.get(k)]
+        if diff:
+            raise InputError(f"run {run.path} was started with other options ({', '.join(diff)}); "
+                             f"rerun with the same options to resume, or pass --overwrite")
+        return run, True
+    if run.path.exists() and any(run.path.iterdir()):
+        raise InputError(f"{run.path} exists and is not a run folder; pass --overwrite or choose another --run")
+    return run, False
+
+
+def prepare_data(cfg):
+    """Scan, validate and split; returns (samples, report)."""
+    root = Path(cfg["data_root"])
+    entries, empty = D.list_csv(cfg["csv"], root) if cfg["csv"] else D.list_folder(root)
+    if not entries:
+        raise InputError(f"no files found in {root} (expected one sub-folder per class)")
+    samples, report = D.scan(entries, root, empty, progress=log)
+    D.validate_classes(report, cfg["val_frac"], cfg["test_frac"])
+    D.split(samples, cfg["val_frac"], cfg["test_frac"], cfg["seed"])
+    D.undersample(samples, cfg["max_per_class"], cfg["seed"])
+    report["split"] = {sub: {l: sum(1 for s in samples if s.subset == sub and s.label == l) for l in sorted(report["per_class"])}
+                       for sub in ("train", "val", "test", "unused")}
+    return samples, report
+
+
+# ---------------------------------------------------------------- checkpoint store
+
+class Store:
+    """Per-epoch checkpoint files of one run; state.json is the commit point."""
+
+    def __init__(self, run, state):
+        self.run, self.state = run, state
+        run.checkpoints.mkdir(parents=True, exist_ok=True)
+
+    def path(self, name):
+        return self.run.checkpoints / name
+
+    def save_weights(self, model, name):
+        with atomic_path(self.path(name), suffix=".weights.h5") as tmp:
+            model.save_weights(str(tmp))
+
+    def save_epoch(self, model, phase, epoch, row, improved, value, callback_state):
+        from .callbacks import optimizer_state
+
+        self.save_weights(model, "last.weights.h5")
+        with atomic_path(self.path("optimizer.npz"), suffix=".npz") as tmp:
+            np.savez(tmp, *optimizer_state(model.optimizer))
+        if improved:
+            self.save_weights(model, "best.weights.h5")
+            self.state["best"] = float(value)
+            self.state["best_epoch"] = row["epoch"]
+        self.state["history"].append(row)
+        self.state.update(phase=phase, epoch=epoch, phase_complete=False, callbacks=callback_state,
+                          lr=row["lr"], status="training")
+        self.commit()
+
+    def commit(self):
+        write_json(self.run.state_file, self.state)
+        write_history(self.run.history, self.state["history"])
+
+
+def write_history(path, history):
+    keys = []
+    for row in history:
+        keys += [k for k in row if k not in keys]
+    lines = [",".join(keys)] + [",".join("" if row.get(k) is None else f"{row[k]:.6g}" if isinstance(row[k], float) else str(row[k])
+                                         for k in keys) for row in history]
+    write_text(path, "\n".join(lines) + "\n")
+
+
+# ---------------------------------------------------------------- tensorflow side
+
+def make_strategy(cfg):
+    import tensorflow as tf
+
+    if cfg["logical_cpus"] > 1:  # the GPU code path, exercised on one CPU split into N devices
+        cpu = tf.config.list_physical_devices("CPU")[0]
+        tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * cfg["logical_cpus"])
+        return tf.distribute.MirroredStrategy([f"/cpu:{i}" for i in range(cfg["logical_cpus"])])
+    choice = cfg["strategy"]
+    if choice == "multiworker" or (choice == "auto" and os.environ.get("TF_CONFIG")):
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    gpus = tf.config.list_physical_devices("GPU")
+    if choice == "mirrored" or (choice == "auto" and len(gpus) > 1):
+        return tf.distribute.MirroredStrategy()
+    return tf.distribute.get_strategy()
+
+
+def is_chief():
+    tf_config = json.loads(os.environ.get("TF_CONFIG", "{}"))
+    task = tf_config.get("task", {})
+    return task.get("type", "chief") == "chief" or (task.get("type") == "worker" and task.get("index", 0) == 0
+                                                    and "chief" not in tf_config.get("cluster", {}))
+
+
+def train(args):
+    """Entry point for `python -m train`: returns the finished Run."""
+    demo = not args.data
+    if args.csv and not args.data:
+        raise InputError("--csv needs --data, the folder its filenames are relative to")
+    if demo:
+        from .demo import make_demo
+        args.data = str(make_demo(Path("data") / "demo-digits", seed=0))
+        log(f"no --data given: using the built-in demo dataset in {args.data}")
+    cfg = resolve(args, demo)
+    cfg["data_root"] = str(Path(args.data).resolve())
+    cfg["csv"] = str(Path(args.csv).resolve()) if args.csv else None
+    run, resuming = choose_run(cfg, args.run, args.overwrite)
+
+    if resuming:
+        state = run.state()
+        samples = run.split()
+        class_names = run.class_names()
+        cfg = run.config()
+        log(f"resuming {run.path} at phase {state['phase']}, epoch {state['epoch']}")
+    else:
+        samples, report = prepare_data(cfg)
+        class_names = sorted(report["per_class"])
+        run.path.mkdir(parents=True, exist_ok=True)
+        train_labels = [class_names.index(s.label) for s in samples if s.subset == "train"]
+        weights = D.class_weights(train_labels, len(class_names)) if cfg["class_weights"] else None
+        cfg.update(
+            classes=class_names,
+            class_weights={class_names[i]: w for i, w in weights.items()} if weights else None,
+            preprocessing=contract(*cfg["image_size"]),
+            versions=package_versions(),
+            started_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            command=" ".join(sys.argv),
+        )
+        write_json(run.data_report, report)
+        D.write_split(run.split_file, samples)
+        write_text(run.labels, "\n".join(class_names) + "\n")
+        write_json(run.config_file, cfg)
+        state = {"status": "training", "phase": 1, "epoch": 0, "phase_complete": False, "history": []}
+        write_json(run.state_file, state)
+        used = report["images_used"]
+        log(f"{used} images in {len(class_names)} classes ({report['skipped']} skipped: {report['skipped_by_reason'] or 'none'}); "
+            f"split train/val/test = {sum(report['split']['train'].values())}/{sum(report['split']['val'].values())}/"
+            f"{sum(report['split']['test'].values())}")
+    log(f"run folder: {run.path}")
+    _fit_and_finish(run, cfg, samples, class_names, state, preview_name=args.preview)
+    return run
+
+
+def _fit_and_finish(run, cfg, samples, class_names, state, preview_name):
+    import tensorflow as tf
+    import tf_keras as keras
+
+    from .augment import augmenter, preview
+    from .callbacks import EarlyStopping, EpochCheckpoint, ReduceLROnPlateau, restore_optimizer
+    from .model import build_model, set_phase
+    from .pipeline import dataset
+
+    keras.utils.set_random_seed(cfg["seed"])
+    strategy = make_strategy(cfg)
+    if strategy.num_replicas_in_sync > 1:
+        log(f"{type(strategy).__name__} over {strategy.num_replicas_in_sync} devices")
+    if cfg["mixed_precision"]:
+        keras.mixed_precision.set_global_policy("mixed_float16")
+    index = {c: i for i, c in enumerate(class_names)}
+    root = Path(cfg["data_root"])
+    subset = {k: [s for s in samples if s.subset == k] for k in ("train", "val", "test")}
+    aug = augmenter(cfg["augment"], cfg["seed"])
+    size = cfg["image_size"]
+    train_ds = dataset(root, subset["train"], index, size, cfg["batch_size"], training=True, augment=aug, seed=cfg["seed"])
+    val_ds = dataset(root, subset["val"], index, size, cfg["batch_size"])
+    monitor = "val_loss" if subset["val"] else "loss"
+    class_weight = {index[c]: w for c, w in cfg["class_weights"].items()} if cfg["class_weights"] else None
+
+    if not run.augment_preview.exists() and aug is not None:
+        from edge_runtime.preprocess import load_pixels
+        picks = subset["train"][:: max(1, len(subset["train"]) // 4)][:4]
+        preview([load_pixels(root / s.path, size) for s in picks], cfg["augment"], run.augment_preview, seed=cfg["seed"])
+
+    with strategy.scope():
+        model = build_model(cfg, len(class_names))
+    store = Store(run, state)
+    verbose = 1 if sys.stdout.isatty() else 2
+    if state.get("phase_complete") or state["epoch"] > 0:
+        model.load_weights(str(store.path("last.weights.h5")))
+
+    for phase, epochs, lr in ((1, cfg["epochs_head"], cfg["lr"]), (2, cfg["epochs_finetune"], cfg["lr_finetune"])):
+        if phase < state["phase"] or (phase == state["phase"] and state.get("phase_complete")):
+            continue
+        resume = phase == state["phase"] and state["epoch"] > 0
+        start = state["epoch"] if resume else 0
+        cb_state = state.get("callbacks", {}) if resume else {}
+        if resume and cb_state.get("early_stopping", {}).get("wait", 0) >= cfg["patience"]:
+            start = epochs  # it had already stopped early
+        if start < epochs:
+            with strategy.scope():
+                trainable = set_phase(model, phase, cfg)
+                model.compile(optimizer=keras.optimizers.Adam(lr), loss="sparse_categorical_crossentropy",
+                              metrics=["accuracy"], jit_compile=bool(cfg["xla"]))
+                if resume:
+                    with np.load(store.path("optimizer.npz")) as z:
+                        restore_optimizer(model.optimizer, model, [z[f"arr_{i}"] for i in range(len(z.files))])
+                    keras.backend.set_value(model.optimizer.learning_rate, state["lr"])
+            log(f"phase {phase} ({'head only, backbone frozen' if phase == 1 else 'deeper layers unfrozen'}): "
+                f"{trainable:,} trainable parameters, epochs {start + 1}..{epochs}, lr {lr:g}")
+            es = EarlyStopping(monitor=monitor, patience=cfg["patience"], resume_state=cb_state.get("early_stopping"))
+            rlr = ReduceLROnPlateau(monitor=monitor, factor=0.3, patience=cfg["lr_patience"], min_lr=1e-7, verbose=1,
+                                    resume_state=cb_state.get("reduce_lr"))
+            callbacks = [es, rlr, keras.callbacks.TensorBoard(str(run.logs / f"phase{phase}"), profile_batch=0),
+                         EpochCheckpoint(store, phase, monitor, {"early_stopping": es, "reduce_lr": rlr}, is_chief())]
+            model.fit(train_ds, validation_data=val_ds if subset["val"] else None, epochs=epochs, initial_epoch=start,
+                      class_weight=class_weight, callbacks=callbacks, verbose=verbose)
+        # the phase ends on its best weights (best over all phases so far)
+        if store.path("best.weights.h5").exists():
+            model.load_weights(str(store.path("best.weights.h5")))
+        store.save_weights(model, "last.weights.h5")
+        state.update(phase=phase, epoch=epochs, phase_complete=True)
+        store.commit()
+
+    if cfg["mixed_precision"]:  # the saved inference model is plain float32
+        keras.mixed_precision.set_global_policy("float32")
+        f32 = build_model({**cfg, "weights": "none"}, len(class_names))
+        f32.set_weights(model.get_weights())
+        model = f32
+    _finish(run, cfg, model, subset, index, class_names, state)
+
+
+def _finish(run, cfg, model, subset, index, class_names, state):
+    from .metrics import classification_metrics
+    from .pipeline import dataset, labels_of
+    from .plots import confusion_matrices, training_curves
+
+    with atomic_path(run.model, suffix=".keras") as tmp:
+        model.save(str(tmp))
+    metrics = {}
+    for name in ("val", "test"):
+        if subset[name]:
+            probs = model.predict(dataset(Path(cfg["data_root"]), subset[name], index, cfg["image_size"], cfg["batch_size"]), verbose=0)
+            metrics[name] = classification_metrics(labels_of(subset[name], index), probs, class_names)
+    write_json(run.metrics, metrics)
+    if state["history"]:
+        training_curves(state["history"], run.curves)
+    if metrics:
+        confusion_matrices([(f"{k} (top-1 {m['top1']:.3f})", m["confusion_matrix"]) for k, m in metrics.items()],
+                           class_names, run.confusion)
+    state.update(status="finished", finished_at=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+    write_json(run.state_file, state)
+    shown = ", ".join(f"{k} top-1 {m['top1']:.3f} macro-F1 {m['macro_f1']:.3f}" for k, m in metrics.items())
+    log(f"done: {shown}")
+    log(f"model: {run.model}")

@@ -1,0 +1,134 @@
+"""Backbones and the classifier built on them.
+
+The graph is flat (input -> preprocess -> backbone layers -> head), never a model nested
+in a model, because tfmot's quantize_model refuses nested models. Normalisation is a
+frozen 1x1 convolution named `preprocess`, so the saved model takes raw RGB pixels 0..255
+and every layer stays one that TFLite, tf2onnx and tfmot all understand.
+"""
+from dataclasses import dataclass
+
+import numpy as np
+import tf_keras as keras
+
+from edge_runtime.errors import InputError
+
+HEAD = ("head_pool", "head_dropout", "head_dense")
+
+
+@dataclass(frozen=True)
+class Backbone:
+    build: str  # keras.applications constructor name
+    normalize: str  # caffe (BGR, mean subtracted), tf (-1..1) or none (model does it)
+    unfreeze_from: str  # default first layer of the deeper part unfrozen in phase 2
+    has_alpha: bool = False
+
+
+BACKBONES = {
+    "resnet50": Backbone("ResNet50", "caffe", "conv5_block1"),
+    "mobilenet": Backbone("MobileNet", "tf", "conv_dw_12", has_alpha=True),
+    "mobilenet_v2": Backbone("MobileNetV2", "tf", "block_13", has_alpha=True),
+    "efficientnet_b0": Backbone("EfficientNetB0", "none", "block6a"),
+}
+
+
+def _normalizer_weights(kind):
+    """1x1 conv kernel and bias reproducing keras.applications' preprocess_input."""
+    if kind == "caffe":  # RGB -> BGR, then subtract the ImageNet mean
+        kernel = np.zeros((1, 1, 3, 3), np.float32)
+        for out_c, in_c in enumerate((2, 1, 0)):
+            kernel[0, 0, in_c, out_c] = 1.0
+        return kernel, -np.array([103.939, 116.779, 123.68], np.float32)
+    if kind == "tf":  # scale to -1..1
+        return (np.eye(3, dtype=np.float32) / 127.5).reshape(1, 1, 3, 3), -np.ones(3, np.float32)
+    raise ValueError(kind)
+
+
+def _application(cfg, **kwargs):
+    spec = BACKBONES[cfg["backbone"]]
+    if spec.has_alpha:
+        kwargs["alpha"] = cfg["alpha"]
+    return getattr(keras.applications, spec.build)(include_top=False, **kwargs)
+
+
+def _pretrained(cfg):
+    """The stand-alone backbone with its weights loaded, or None for random weights."""
+    weights = cfg["weights"]
+    if weights in (None, "none"):
+        return None
+    h, w = cfg["image_size"]
+    try:
+        return _application(cfg, weights=weights, input_shape=(h, w, 3))
+    except Exception as e:  # download failure, wrong file, shape mismatch: all one line for the user
+        what = f"backbone {cfg['backbone']}" + (f" (alpha {cfg['alpha']})" if BACKBONES[cfg["backbone"]].has_alpha else "")
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        if weights == "imagenet":
+            raise InputError(f"could not get ImageNet weights for {what}: {reason} "
+                             f"(offline? pass --weights PATH.h5 or --weights none)") from None
+        raise InputError(f"weights file {weights} does not fit {what}: {reason}") from None
+
+
+def build_model(cfg, num_classes):
+    """Input (raw RGB 0..255, float32) -> preprocess -> backbone -> pooled dense softmax."""
+    spec = BACKBONES[cfg["backbone"]]
+    h, w = cfg["image_size"]
+    inputs = keras.Input((h, w, 3), name="image")
+    x = inputs
+    if spec.normalize != "none":
+        norm = keras.layers.Conv2D(3, 1, name="preprocess", trainable=False)
+        x = norm(x)
+        norm.set_weights(list(_normalizer_weights(spec.normalize)))
+    base = _application(cfg, weights=None, input_tensor=x)
+    reference = _pretrained(cfg)
+    if reference is not None:
+        copied = 0
+        for layer in reference.layers:
+            if layer.weights:
+                base.get_layer(layer.name).set_weights(layer.get_weights())
+                copied += 1
+        if not copied:
+            raise InputError(f"weights {cfg['weights']} hold no layers of backbone {cfg['backbone']}")
+        del reference
+    x = keras.layers.GlobalAveragePooling2D(name=HEAD[0])(base.output)
+    x = keras.layers.Dropout(cfg["dropout"], name=HEAD[1])(x)
+    # float32 softmax even under mixed precision: probabilities must not round to 0 or 1
+    outputs = keras.layers.Dense(num_classes, activation="softmax", dtype="float32", name=HEAD[2])(x)
+    return keras.Model(inputs, outputs, name=f"{cfg['backbone']}_classifier")
+
+
+def backbone_layers(model):
+    return [l for l in model.layers if l.name not in HEAD and l.name != "preprocess"
+            and not isinstance(l, keras.layers.InputLayer)]
+
+
+def unfreeze_start(model, cfg):
+    """Index into backbone_layers where phase 2 starts training."""
+    layers = backbone_layers(model)
+    if cfg.get("unfreeze_layers"):
+        n = int(cfg["unfreeze_layers"])
+        if n < 1:
+            raise InputError(f"--unfreeze-layers must be at least 1, got {n}")
+        return max(0, len(layers) - n)
+    prefix = cfg.get("unfreeze_from") or BACKBONES[cfg["backbone"]].unfreeze_from
+    for i, layer in enumerate(layers):
+        if layer.name.startswith(prefix):
+            return i
+    raise InputError(f"--unfreeze-from {prefix!r} names no layer of {cfg['backbone']} "
+                     f"(default is {BACKBONES[cfg['backbone']].unfreeze_from!r})")
+
+
+def set_phase(model, phase, cfg):
+    """Phase 1: only the head trains. Phase 2: the deeper backbone layers too, BatchNorm excepted.
+
+    Frozen BatchNorm layers run in inference mode in Keras 2, so their statistics are
+    kept, which is what fine-tuning on a small dataset needs.
+    """
+    layers = backbone_layers(model)
+    start = len(layers) if phase == 1 else unfreeze_start(model, cfg)
+    for i, layer in enumerate(layers):
+        bn = isinstance(layer, keras.layers.BatchNormalization)
+        layer.trainable = i >= start and (not bn or cfg.get("train_bn", False))
+    for name in HEAD:
+        model.get_layer(name).trainable = True
+    if "preprocess" in [l.name for l in model.layers]:
+        model.get_layer("preprocess").trainable = False
+    return sum(int(np.prod(w.shape)) for w in model.trainable_weights)

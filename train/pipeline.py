@@ -1,0 +1,35 @@
+"""tf.data input: parallel decoding through the preprocessing contract, cache, shuffle, augment, prefetch."""
+import numpy as np
+import tensorflow as tf
+
+from edge_runtime.preprocess import load_pixels
+
+AUTOTUNE = tf.data.AUTOTUNE
+
+
+def dataset(root, samples, class_index, size, batch_size, training=False, augment=None, seed=0):
+    """(images float32 0..255, labels int32) batches for `samples` (data.Sample list)."""
+    h, w = size
+    paths = [str(root / s.path) for s in samples]
+    labels = np.array([class_index[s.label] for s in samples], np.int32)
+
+    def load(path):
+        return load_pixels(path.decode(), (h, w))  # the very function the device runs
+
+    def decode(path, label):
+        img = tf.numpy_function(load, [path], tf.uint8, stateful=False)
+        img.set_shape((h, w, 3))
+        return img, label
+
+    ds = tf.data.Dataset.from_tensor_slices((paths, labels))
+    ds = ds.map(decode, num_parallel_calls=AUTOTUNE, deterministic=True).cache()  # uint8 in memory: 4x smaller
+    if training:
+        ds = ds.shuffle(len(paths), seed=seed, reshuffle_each_iteration=True)
+    ds = ds.batch(batch_size).map(lambda x, y: (tf.cast(x, tf.float32), y), num_parallel_calls=AUTOTUNE)
+    if training and augment is not None:
+        ds = ds.map(lambda x, y: (augment(x, training=True), y), num_parallel_calls=AUTOTUNE)
+    return ds.prefetch(AUTOTUNE)
+
+
+def labels_of(samples, class_index):
+    return np.array([class_index[s.label] for s in samples], np.int32)

@@ -1,0 +1,83 @@
+"""The run folder: everything a training run leaves for export, benchmark and the device.
+
+TF-free, so export and benchmark can read a run without paying for a TensorFlow import.
+"""
+import json
+from pathlib import Path
+
+from edge_runtime.errors import InputError
+
+from .data import read_split
+
+RUNS_DIR = Path("runs")
+
+
+class Run:
+    def __init__(self, path):
+        self.path = Path(path)
+
+    # Files a run holds, in one place so no stage spells a name differently.
+    model = property(lambda self: self.path / "model.keras")
+    labels = property(lambda self: self.path / "labels.txt")
+    config_file = property(lambda self: self.path / "config.json")
+    split_file = property(lambda self: self.path / "split.csv")
+    data_report = property(lambda self: self.path / "data_report.json")
+    state_file = property(lambda self: self.path / "state.json")
+    history = property(lambda self: self.path / "history.csv")
+    curves = property(lambda self: self.path / "training_curves.png")
+    metrics = property(lambda self: self.path / "metrics.json")
+    confusion = property(lambda self: self.path / "confusion_matrix.png")
+    augment_preview = property(lambda self: self.path / "augment_preview.png")
+    checkpoints = property(lambda self: self.path / "checkpoints")
+    logs = property(lambda self: self.path / "logs")
+    export_dir = property(lambda self: self.path / "export")
+    benchmark_dir = property(lambda self: self.path / "benchmark")
+
+    def state(self):
+        return _read_json(self.state_file) if self.state_file.exists() else {}
+
+    @property
+    def finished(self):
+        return self.state().get("status") == "finished"
+
+    def config(self):
+        return _read_json(self.config_file)
+
+    def class_names(self):
+        return [l for l in self.labels.read_text().splitlines() if l.strip()]
+
+    def split(self):
+        return read_split(self.split_file)
+
+    def data_root(self):
+        return Path(self.config()["data_root"])
+
+    def require_finished(self):
+        """Raise one clear error unless this is a complete training run."""
+        if not self.path.is_dir():
+            raise InputError(f"run folder {self.path} does not exist (train one with `make train`)")
+        missing = [p.name for p in (self.model, self.labels, self.config_file, self.split_file) if not p.exists()]
+        if missing or not self.finished:
+            why = f"missing {', '.join(missing)}" if missing else "training did not finish"
+            raise InputError(f"run folder {self.path} is incomplete ({why}); finish it with `make train RUN={self.path}`")
+        return self
+
+
+def _read_json(path):
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise InputError(f"{path}: unreadable JSON ({e})") from None
+
+
+def newest_run(runs_dir=RUNS_DIR):
+    """The most recently finished run, for commands given no RUN."""
+    runs = [Run(p) for p in Path(runs_dir).glob("*") if p.is_dir()] if Path(runs_dir).is_dir() else []
+    finished = [r for r in runs if r.finished]
+    if not finished:
+        raise InputError(f"no finished run in {runs_dir}/ (train one with `make train`, or pass RUN=runs/<name>)")
+    return max(finished, key=lambda r: r.state().get("finished_at", ""))
+
+
+def resolve_run(path):
+    return Run(path).require_finished() if path else newest_run()
