@@ -8,7 +8,7 @@ import re
 
 from edge_runtime.errors import InputError
 
-from .model import BACKBONES
+from .backbones import BACKBONES
 
 # Options whose default depends on whether we train the demo or user data.
 DEMO_DEFAULTS = {"weights": "none", "image_size": "64", "epochs": 3, "batch_size": 32}
@@ -17,7 +17,7 @@ DATA_DEFAULTS = {"weights": "imagenet", "image_size": "224", "epochs": 10, "batc
 # Options that must match for an interrupted run to be resumed.
 RESUME_KEYS = ("data_root", "csv", "backbone", "weights", "alpha", "image_size", "epochs_head", "epochs_finetune",
                "batch_size", "lr", "lr_finetune", "dropout", "unfreeze_from", "unfreeze_layers", "train_bn",
-               "val_frac", "test_frac", "seed", "max_per_class", "class_weights", "augment", "mixed_precision")
+               "val_frac", "test_frac", "seed", "max_per_class", "use_class_weights", "augment", "mixed_precision")
 
 
 def parser():
@@ -31,7 +31,7 @@ def parser():
     g.add_argument("--val-frac", type=float, default=0.15)
     g.add_argument("--test-frac", type=float, default=0.15)
     g.add_argument("--max-per-class", type=int, default=0, help="undersample: cap images per class in the training split (0: no cap)")
-    g.add_argument("--no-class-weights", dest="class_weights", action="store_false", help="do not weight the loss by class frequency")
+    g.add_argument("--no-class-weights", dest="use_class_weights", action="store_false", help="do not weight the loss by class frequency")
     g.add_argument("--augment", type=float, default=1.0, help="augmentation strength (0 turns it off)")
     g = p.add_argument_group("model")
     g.add_argument("--backbone", default="resnet50", choices=sorted(BACKBONES))
@@ -100,9 +100,7 @@ def resolve(args, demo):
             raise InputError(f"weights file {cfg['weights']} does not exist (use imagenet, none or a .h5 path)")
         cfg["weights"] = str(Path(cfg["weights"]).resolve())
     if cfg["weights"] == "none":
-        # random weights have no features worth protecting: phase 2 trains the whole backbone, BatchNorm included
-        if not (args.unfreeze_from or args.unfreeze_layers):
-            cfg["unfreeze_layers"] = 10**6
+        # random weights have no features worth protecting: the whole backbone trains, BatchNorm included
         if cfg["train_bn"] is None:
             cfg["train_bn"] = True
     cfg["train_bn"] = bool(cfg["train_bn"])

@@ -181,7 +181,7 @@ def train(args):
         class_names = sorted(report["per_class"])
         run.path.mkdir(parents=True, exist_ok=True)
         train_labels = [class_names.index(s.label) for s in samples if s.subset == "train"]
-        weights = D.class_weights(train_labels, len(class_names)) if cfg["class_weights"] else None
+        weights = D.class_weights(train_labels, len(class_names)) if cfg["use_class_weights"] else None
         cfg.update(
             classes=class_names,
             class_weights={class_names[i]: w for i, w in weights.items()} if weights else None,
@@ -211,7 +211,7 @@ def _fit_and_finish(run, cfg, samples, class_names, state, preview_name):
 
     from .augment import augmenter, preview
     from .callbacks import EarlyStopping, EpochCheckpoint, ReduceLROnPlateau, restore_optimizer
-    from .model import build_model, set_phase
+    from .model import build_model, set_phase, unfreeze_start
     from .pipeline import dataset
 
     keras.utils.set_random_seed(cfg["seed"])
@@ -228,7 +228,7 @@ def _fit_and_finish(run, cfg, samples, class_names, state, preview_name):
     train_ds = dataset(root, subset["train"], index, size, cfg["batch_size"], training=True, augment=aug, seed=cfg["seed"])
     val_ds = dataset(root, subset["val"], index, size, cfg["batch_size"])
     monitor = "val_loss" if subset["val"] else "loss"
-    class_weight = {index[c]: w for c, w in cfg["class_weights"].items()} if cfg["class_weights"] else None
+    class_weight = {index[c]: w for c, w in cfg["class_weights"].items()} if cfg["use_class_weights"] else None
 
     if not run.augment_preview.exists() and aug is not None:
         from edge_runtime.preprocess import load_pixels
@@ -237,6 +237,8 @@ def _fit_and_finish(run, cfg, samples, class_names, state, preview_name):
 
     with strategy.scope():
         model = build_model(cfg, len(class_names))
+    if cfg["epochs_finetune"] > 0:
+        unfreeze_start(model, cfg)  # a misspelt --unfreeze-from fails now, not after phase 1
     store = Store(run, state)
     verbose = 1 if sys.stdout.isatty() else 2
     if state.get("phase_complete") or state["epoch"] > 0:

@@ -5,30 +5,14 @@ in a model, because tfmot's quantize_model refuses nested models. Normalisation 
 frozen 1x1 convolution named `preprocess`, so the saved model takes raw RGB pixels 0..255
 and every layer stays one that TFLite, tf2onnx and tfmot all understand.
 """
-from dataclasses import dataclass
-
 import numpy as np
 import tf_keras as keras
 
 from edge_runtime.errors import InputError
 
+from .backbones import BACKBONES
+
 HEAD = ("head_pool", "head_dropout", "head_dense")
-
-
-@dataclass(frozen=True)
-class Backbone:
-    build: str  # keras.applications constructor name
-    normalize: str  # caffe (BGR, mean subtracted), tf (-1..1) or none (model does it)
-    unfreeze_from: str  # default first layer of the deeper part unfrozen in phase 2
-    has_alpha: bool = False
-
-
-BACKBONES = {
-    "resnet50": Backbone("ResNet50", "caffe", "conv5_block1"),
-    "mobilenet": Backbone("MobileNet", "tf", "conv_dw_12", has_alpha=True),
-    "mobilenet_v2": Backbone("MobileNetV2", "tf", "block_13", has_alpha=True),
-    "efficientnet_b0": Backbone("EfficientNetB0", "none", "block6a"),
-}
 
 
 def _normalizer_weights(kind):
@@ -88,6 +72,11 @@ def build_model(cfg, num_classes):
         if not copied:
             raise InputError(f"weights {cfg['weights']} hold no layers of backbone {cfg['backbone']}")
         del reference
+    else:
+        # From scratch, BatchNorm's moving statistics must catch up within a short run.
+        for layer in base.layers:
+            if isinstance(layer, keras.layers.BatchNormalization):
+                layer.momentum = 0.9
     x = keras.layers.GlobalAveragePooling2D(name=HEAD[0])(base.output)
     x = keras.layers.Dropout(cfg["dropout"], name=HEAD[1])(x)
     # float32 softmax even under mixed precision: probabilities must not round to 0 or 1
@@ -120,10 +109,14 @@ def set_phase(model, phase, cfg):
     """Phase 1: only the head trains. Phase 2: the deeper backbone layers too, BatchNorm excepted.
 
     Frozen BatchNorm layers run in inference mode in Keras 2, so their statistics are
-    kept, which is what fine-tuning on a small dataset needs.
+    kept, which is what fine-tuning on a small dataset needs. With random weights (--weights
+    none) there is nothing to protect: the whole network trains in both phases.
     """
     layers = backbone_layers(model)
-    start = len(layers) if phase == 1 else unfreeze_start(model, cfg)
+    if cfg.get("weights") in (None, "none"):
+        start = 0  # random weights: nothing pretrained to protect, so every layer trains in both phases
+    else:
+        start = len(layers) if phase == 1 else unfreeze_start(model, cfg)
     for i, layer in enumerate(layers):
         bn = isinstance(layer, keras.layers.BatchNormalization)
         layer.trainable = i >= start and (not bn or cfg.get("train_bn", False))

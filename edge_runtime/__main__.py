@@ -1,0 +1,44 @@
+"""python -m edge_runtime predict MODEL IMAGE... | info MODEL"""
+import argparse
+import json
+import sys
+
+from .errors import InputError
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(prog="python -m edge_runtime", description="Classify images with an exported model.")
+    sub = p.add_subparsers(dest="command", required=True)
+    pr = sub.add_parser("predict", help="classify images")
+    pr.add_argument("model", help=".tflite or .onnx file (labels.txt and manifest.json beside it are used)")
+    pr.add_argument("images", nargs="+")
+    pr.add_argument("--top-k", type=int, default=5)
+    pr.add_argument("--json", action="store_true", help="print JSON instead of text")
+    pr.add_argument("--threads", type=int, default=None)
+    pr.add_argument("--labels", help="labels file (default: labels.txt beside the model)")
+    inf = sub.add_parser("info", help="describe a model")
+    inf.add_argument("model")
+    inf.add_argument("--labels")
+    args = p.parse_args(argv)
+    try:
+        from .classifier import Classifier
+
+        clf = Classifier(args.model, labels=args.labels, threads=getattr(args, "threads", None))
+        if args.command == "info":
+            print(json.dumps(clf.info(), indent=2))
+            return 0
+        results = clf.predict(list(args.images), top_k=args.top_k)
+        if args.json:
+            print(json.dumps([{"image": img, "top_k": [{"label": l, "probability": round(pr_, 6)} for l, pr_ in r]}
+                              for img, r in zip(args.images, results)], indent=2))
+        else:
+            for img, r in zip(args.images, results):
+                print(f"{img}: " + ", ".join(f"{l} {pr_:.3f}" for l, pr_ in r))
+        return 0
+    except InputError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

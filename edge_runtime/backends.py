@@ -1,0 +1,127 @@
+"""Thin wrappers over the two inference runtimes, with one interface: run(uint8 or float batch) -> raw output.
+
+Each reports its input/output tensor as a TensorSpec so the classifier can quantize and
+dequantize without caring which runtime it talks to.
+"""
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .errors import InputError
+
+
+@dataclass
+class TensorSpec:
+    name: str
+    shape: list
+    dtype: str  # numpy dtype name
+    scale: float = 0.0  # quantization; scale 0 means a float tensor
+    zero_point: int = 0
+
+    @property
+    def quantized(self):
+        return self.scale != 0.0
+
+    def as_dict(self):
+        d = {"name": self.name, "shape": self.shape, "dtype": self.dtype}
+        if self.quantized:
+            d["quantization"] = {"scale": self.scale, "zero_point": self.zero_point}
+        return d
+
+
+def _tflite_interpreter_class():
+    """ai-edge-litert first (the maintained runtime), then tflite-runtime, then TensorFlow itself."""
+    try:
+        from ai_edge_litert.interpreter import Interpreter
+        return Interpreter
+    except ImportError:
+        pass
+    try:
+        from tflite_runtime.interpreter import Interpreter
+        return Interpreter
+    except ImportError:
+        pass
+    try:
+        import tensorflow as tf
+        return tf.lite.Interpreter
+    except ImportError:
+        raise InputError("no TFLite runtime installed: pip install ai-edge-litert") from None
+
+
+class TFLiteBackend:
+    format = "tflite"
+
+    def __init__(self, path, threads=None):
+        Interpreter = _tflite_interpreter_class()
+        try:
+            self.interp = Interpreter(model_path=str(path), num_threads=threads)
+            self.interp.allocate_tensors()
+        except (ValueError, RuntimeError) as e:
+            raise InputError(f"{path}: not a valid TFLite model, truncated or corrupt ({str(e).splitlines()[0]})") from None
+        self._batch = None
+        (self._in,), (self._out,) = self.interp.get_input_details(), self.interp.get_output_details()
+        self.input, self.output = self._spec(self._in), self._spec(self._out)
+
+    @staticmethod
+    def _spec(d):
+        scale, zp = d.get("quantization", (0.0, 0))
+        shape = [int(s) for s in d.get("shape_signature", d["shape"])]
+        return TensorSpec(d["name"], shape, np.dtype(d["dtype"]).name, float(scale), int(zp))
+
+    def run(self, batch):
+        if self._batch != len(batch):
+            self.interp.resize_tensor_input(self._in["index"], list(batch.shape))
+            self.interp.allocate_tensors()
+            self._batch = len(batch)
+        self.interp.set_tensor(self._in["index"], batch)
+        self.interp.invoke()
+        return self.interp.get_tensor(self._out["index"])
+
+
+class OnnxBackend:
+    format = "onnx"
+
+    def __init__(self, path, threads=None):
+        try:
+            import onnxruntime as ort
+        except ImportError:
+            raise InputError("onnxruntime is not installed: pip install onnxruntime") from None
+        opts = ort.SessionOptions()
+        if threads:
+            opts.intra_op_num_threads = int(threads)
+        opts.inter_op_num_threads = 1
+        opts.log_severity_level = 3
+        try:
+            self.sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        except Exception as e:  # onnxruntime raises its own exception types for corrupt files
+            raise InputError(f"{path}: not a valid ONNX model, truncated or corrupt ({str(e).splitlines()[0][:200]})") from None
+        (i,), (o,) = self.sess.get_inputs(), self.sess.get_outputs()
+        self.input = TensorSpec(i.name, [d if isinstance(d, int) else -1 for d in i.shape], _onnx_dtype(i.type))
+        self.output = TensorSpec(o.name, [d if isinstance(d, int) else -1 for d in o.shape], _onnx_dtype(o.type))
+        self.metadata = dict(self.sess.get_modelmeta().custom_metadata_map)
+
+    def run(self, batch):
+        return self.sess.run([self.output.name], {self.input.name: batch})[0]
+
+
+def _onnx_dtype(type_str):
+    return {"tensor(float)": "float32", "tensor(uint8)": "uint8", "tensor(int8)": "int8",
+            "tensor(float16)": "float16"}.get(type_str, type_str)
+
+
+BACKENDS = {".tflite": TFLiteBackend, ".onnx": OnnxBackend}
+
+
+def open_backend(path, threads=None):
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"{path}: no such model file")
+    if not path.is_file():
+        raise InputError(f"{path}: not a file")
+    backend = BACKENDS.get(path.suffix.lower())
+    if backend is None:
+        raise InputError(f"{path}: unknown model type {path.suffix!r} (expected .tflite or .onnx)")
+    if path.stat().st_size == 0:
+        raise InputError(f"{path}: empty model file")
+    return backend(path, threads)

@@ -1,0 +1,138 @@
+"""Classifier: an exported model plus its labels and preprocessing contract, behind one predict()."""
+import json
+from pathlib import Path
+
+import numpy as np
+
+from .backends import open_backend
+from .errors import InputError
+from .files import sha256_file
+from .preprocess import check_contract, load_pixels
+
+MANIFEST = "manifest.json"
+LABELS = "labels.txt"
+
+
+def find_manifest_entry(model_path):
+    """(variant name, entry, manifest) describing model_path in a manifest.json beside it, or Nones."""
+    manifest_path = model_path.parent / MANIFEST
+    if not manifest_path.is_file():
+        return None, None, None
+    try:
+        manifest = json.loads(manifest_path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise InputError(f"{manifest_path}: unreadable manifest ({e})") from None
+    for name, entry in manifest.get("variants", {}).items():
+        if entry.get("file") == model_path.name:
+            return name, entry, manifest
+    return None, None, manifest
+
+
+class Classifier:
+    """Loads a .tflite or .onnx model and classifies images the way training saw them.
+
+    labels: a list, a path to labels.txt, or None to use labels.txt beside the model.
+    verify: check the model's SHA-256 against the manifest beside it, when there is one.
+    """
+
+    def __init__(self, model, labels=None, threads=None, verify=True):
+        self.path = Path(model)
+        self.variant, self.entry, manifest = None, None, None
+        if self.path.is_file():
+            self.variant, self.entry, manifest = find_manifest_entry(self.path)
+        if verify and self.entry and self.entry.get("sha256"):
+            actual = sha256_file(self.path)
+            if actual != self.entry["sha256"]:
+                raise InputError(f"{self.path}: checksum mismatch with {MANIFEST} "
+                                 f"(expected {self.entry['sha256'][:12]}..., got {actual[:12]}...): file changed or corrupt")
+        self.backend = open_backend(self.path, threads)
+        self.input, self.output = self.backend.input, self.backend.output
+        shape = self.input.shape
+        if len(shape) != 4 or shape[-1] != 3:
+            raise InputError(f"{self.path}: expected an image input of shape [batch, height, width, 3], got {shape}")
+        if manifest and manifest.get("preprocessing"):
+            self.size = check_contract(manifest["preprocessing"])
+        else:
+            self.size = (int(shape[1]), int(shape[2]))
+        if self.size != (shape[1], shape[2]):
+            raise InputError(f"{self.path}: model input is {shape[1]}x{shape[2]} but the manifest says {self.size}")
+        self.num_classes = int(self.output.shape[-1])
+        self.labels = self._labels(labels, manifest)
+
+    def _labels(self, labels, manifest):
+        source = "argument"
+        if labels is None:
+            beside = self.path.parent / LABELS
+            if beside.is_file():
+                labels, source = beside, str(beside)
+            elif getattr(self.backend, "metadata", {}).get("labels"):
+                labels, source = json.loads(self.backend.metadata["labels"]), "ONNX metadata"
+            elif manifest and manifest.get("classes"):
+                labels, source = manifest["classes"], MANIFEST
+            else:
+                return [str(i) for i in range(self.num_classes)]
+        if isinstance(labels, (str, Path)):
+            p = Path(labels)
+            if not p.is_file():
+                raise InputError(f"{p}: no such labels file")
+            labels, source = [l.strip() for l in p.read_text().splitlines() if l.strip()], str(p)
+        labels = list(labels)
+        if len(labels) != self.num_classes:
+            raise InputError(f"labels from {source} list {len(labels)} classes but {self.path.name} outputs {self.num_classes}")
+        return labels
+
+    # ---- the numeric core: pixels in, probabilities out
+    def _quantize(self, pixels):
+        spec = self.input
+        if spec.quantized:
+            info = np.iinfo(spec.dtype)
+            q = np.round(pixels.astype(np.float32) / spec.scale + spec.zero_point)
+            return np.clip(q, info.min, info.max).astype(spec.dtype)
+        return pixels.astype(spec.dtype)
+
+    def _dequantize(self, raw):
+        spec = self.output
+        out = (raw.astype(np.float32) - spec.zero_point) * spec.scale if spec.quantized else raw.astype(np.float32)
+        total = out.sum(axis=-1, keepdims=True)  # an int8 softmax sums to 1 only within its step size
+        return np.divide(out, total, out=np.full_like(out, 1.0 / out.shape[-1]), where=total > 0)
+
+    def probabilities(self, pixels):
+        """uint8 pixels (N, H, W, 3) from load_pixels -> float32 probabilities (N, classes)."""
+        pixels = np.asarray(pixels)
+        if pixels.ndim == 3:
+            pixels = pixels[None]
+        return self._dequantize(self.backend.run(self._quantize(pixels)))
+
+    def preprocess(self, images):
+        return np.stack([load_pixels(img, self.size) for img in images])
+
+    def predict(self, images, top_k=5):
+        """Top-k [(label, probability), ...] for one image, or a list of those for a list of images.
+
+        An image is a path, bytes, a PIL image or an HxWx3 array.
+        """
+        single = not isinstance(images, (list, tuple))
+        batch = [images] if single else list(images)
+        if not batch:
+            return []
+        probs = self.probabilities(self.preprocess(batch))
+        k = max(1, min(int(top_k), self.num_classes))
+        results = []
+        for p in probs:
+            order = np.argsort(-p, kind="stable")[:k]
+            results.append([(self.labels[i], float(p[i])) for i in order])
+        return results[0] if single else results
+
+    def info(self):
+        return {
+            "model": str(self.path),
+            "format": self.backend.format,
+            "variant": self.variant,
+            "bytes": self.path.stat().st_size,
+            "sha256": sha256_file(self.path),
+            "checksum_verified": bool(self.entry and self.entry.get("sha256")),
+            "input": self.input.as_dict(),
+            "output": self.output.as_dict(),
+            "image_size": list(self.size),
+            "labels": self.labels,
+        }

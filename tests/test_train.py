@@ -1,0 +1,174 @@
+"""Training: the run folder, the model's preprocessing, resume, overwrite protection, distribution."""
+import json
+
+import numpy as np
+import pytest
+
+from conftest import MOBILENET_WEIGHTS, TINY_ARGS, assert_one_line_error, make_tree, run_cli
+from train.rundir import Run
+
+
+def test_run_folder_holds_everything_later_stages_need(tiny_run):
+    r = tiny_run
+    for f in (r.model, r.labels, r.config_file, r.split_file, r.data_report, r.history, r.curves, r.metrics,
+              r.confusion, r.augment_preview):
+        assert f.exists() and f.stat().st_size > 0, f
+    cfg = r.config()
+    assert cfg["classes"] == r.class_names() == ["blue", "green", "red"]
+    assert cfg["preprocessing"]["input_size"] == [64, 64]
+    assert cfg["seed"] == 0 and cfg["versions"]["tensorflow"]
+    # balanced class weights from the training split: the smallest class weighs most
+    w = cfg["class_weights"]
+    assert w["blue"] > w["green"] > w["red"]
+    metrics = json.loads(r.metrics.read_text())
+    for subset in ("val", "test"):
+        m = metrics[subset]
+        assert set(m) >= {"top1", "macro_f1", "balanced_accuracy", "per_class_recall", "confusion_matrix"}
+        assert set(m["per_class_recall"]) == {"blue", "green", "red"}
+    history = r.history.read_text().splitlines()
+    assert history[0].startswith("phase,epoch,lr") and len(history) == 1 + 3 + 2
+    assert r.finished
+
+
+def test_tiny_model_learns_the_colours(tiny_run):
+    """The tiny classes differ by colour alone: a working pipeline separates them."""
+    metrics = json.loads(tiny_run.metrics.read_text())
+    assert metrics["val"]["top1"] >= 0.8, metrics["val"]
+
+
+def test_saved_model_takes_raw_pixels_and_has_no_augmentation(tiny_run):
+    import tf_keras as keras
+
+    model = keras.models.load_model(str(tiny_run.model), compile=False)
+    assert model.input_shape == (None, 64, 64, 3)
+    names = [l.name for l in model.layers]
+    assert "augment" not in names and not any(n.startswith("random_") for n in names)
+    assert not any(isinstance(l, keras.Model) for l in model.layers), "graph must be flat for tfmot"
+    x = np.random.default_rng(0).uniform(0, 255, (2, 64, 64, 3)).astype(np.float32)
+    a, b = model(x, training=False).numpy(), model(x, training=False).numpy()
+    assert np.allclose(a, b) and np.allclose(a.sum(1), 1, atol=1e-5)
+
+
+@pytest.mark.parametrize("backbone,module", [("resnet50", "resnet50"), ("mobilenet", "mobilenet")])
+def test_preprocess_layer_equals_keras_preprocess_input(backbone, module):
+    import tf_keras as keras
+    from train.model import build_model
+
+    cfg = {"backbone": backbone, "alpha": 0.25, "weights": "none", "image_size": [32, 32], "dropout": 0.0}
+    model = build_model(cfg, 2)
+    x = np.random.default_rng(1).uniform(0, 255, (2, 32, 32, 3)).astype(np.float32)
+    ours = model.get_layer("preprocess")(x).numpy()
+    theirs = getattr(keras.applications, module).preprocess_input(x.copy())
+    assert np.allclose(ours, theirs, atol=1e-3)
+
+
+def test_phase_two_unfreezes_deeper_layers_but_not_batchnorm():
+    import tf_keras as keras
+    from train.model import backbone_layers, build_model, set_phase
+
+    cfg = {"backbone": "mobilenet", "alpha": 0.25, "weights": "none", "image_size": [32, 32], "dropout": 0.0,
+           "unfreeze_from": "conv_dw_12"}
+    model = build_model(cfg, 2)
+    cfg["weights"] = "pretrained.h5"  # set_phase only asks whether the weights were random
+    head_only = set_phase(model, 1, cfg)
+    assert not any(l.trainable for l in backbone_layers(model))
+    more = set_phase(model, 2, cfg)
+    assert more > head_only
+    layers = backbone_layers(model)
+    start = next(i for i, l in enumerate(layers) if l.name.startswith("conv_dw_12"))
+    assert not any(l.trainable for l in layers[:start])
+    assert all(l.trainable != isinstance(l, keras.layers.BatchNormalization) for l in layers[start:] if l.weights)
+    assert not model.get_layer("preprocess").trainable
+
+
+def test_random_weights_train_everything_in_both_phases():
+    from train.model import backbone_layers, build_model, set_phase
+
+    cfg = {"backbone": "mobilenet", "alpha": 0.25, "weights": "none", "image_size": [32, 32], "dropout": 0.0,
+           "train_bn": True}
+    model = build_model(cfg, 2)
+    set_phase(model, 1, cfg)
+    assert all(l.trainable for l in backbone_layers(model))
+
+
+def test_local_weights_file_loads_and_a_mismatched_one_is_named(tmp_path):
+    from edge_runtime.errors import InputError
+    from train.model import build_model
+
+    if not MOBILENET_WEIGHTS.exists():
+        pytest.skip("shared weights not present")
+    cfg = {"backbone": "mobilenet", "alpha": 0.25, "weights": str(MOBILENET_WEIGHTS), "image_size": [64, 64], "dropout": 0.0}
+    build_model(cfg, 3)
+    with pytest.raises(InputError, match=r"does not fit backbone mobilenet \(alpha 0.5\)"):
+        build_model({**cfg, "alpha": 0.5}, 3)
+
+
+def test_finished_run_is_not_overwritten(tiny_run, tiny_data):
+    before = tiny_run.model.stat().st_mtime_ns
+    proc = run_cli("-m", "train", "--data", str(tiny_data), "--run", str(tiny_run.path), *TINY_ARGS)
+    assert_one_line_error(proc, "already finished", "--overwrite")
+    assert tiny_run.model.stat().st_mtime_ns == before
+
+
+def test_interrupted_training_resumes_from_last_checkpoint(tmp_path, tiny_data, monkeypatch):
+    from train import callbacks
+    from train.__main__ import main
+
+    run = tmp_path / "resumable"
+    args = ["--data", str(tiny_data), "--run", str(run), *TINY_ARGS]
+    original = callbacks.EpochCheckpoint.on_epoch_end
+    calls = {"n": 0}
+
+    def stop_after_two(self, epoch, logs=None):
+        original(self, epoch, logs)
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(callbacks.EpochCheckpoint, "on_epoch_end", stop_after_two)
+    assert main(args) == 130
+    state = Run(run).state()
+    assert (state["status"], state["phase"], state["epoch"]) == ("training", 1, 2)
+    assert not Run(run).model.exists()
+    monkeypatch.setattr(callbacks.EpochCheckpoint, "on_epoch_end", original)
+    assert main(args) == 0
+    state = Run(run).state()
+    assert state["status"] == "finished"
+    epochs = [(h["phase"], h["epoch"]) for h in state["history"]]
+    assert epochs == [(1, 1), (1, 2), (1, 3), (2, 4), (2, 5)], "resumed at epoch 3, nothing repeated"
+    assert Run(run).model.exists()
+
+
+def test_resume_with_other_options_is_refused(tmp_path, tiny_data):
+    run = tmp_path / "r"
+    run.mkdir()
+    (run / "state.json").write_text('{"status": "training", "phase": 1, "epoch": 1, "history": []}')
+    (run / "config.json").write_text(json.dumps({"backbone": "resnet50"}))
+    proc = run_cli("-m", "train", "--data", str(tiny_data), "--run", str(run), *TINY_ARGS)
+    assert_one_line_error(proc, "started with other options")
+
+
+def test_unknown_unfreeze_block_is_one_line(tmp_path, tiny_data):
+    proc = run_cli("-m", "train", "--data", str(tiny_data), "--run", str(tmp_path / "r"), *TINY_ARGS,
+                   "--unfreeze-from", "no_such_block")
+    assert_one_line_error(proc, "no_such_block")
+
+
+@pytest.mark.slow
+def test_one_epoch_under_mirrored_strategy_on_two_logical_cpus(tmp_path, tiny_data):
+    run = tmp_path / "mirrored"
+    proc = run_cli("-m", "train", "--data", str(tiny_data), "--run", str(run), "--logical-cpus", "2",
+                   "--backbone", "mobilenet", "--alpha", "0.25", "--weights", "none", "--image-size", "32",
+                   "--epochs-head", "1", "--epochs-finetune", "1", "--batch-size", "8")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "MirroredStrategy over 2 devices" in proc.stdout
+    assert Run(run).finished
+
+
+def test_preview_augment_writes_a_png(tmp_path, tiny_data):
+    out = tmp_path / "grid.png"
+    proc = run_cli("-m", "train", "preview-augment", "--data", str(tiny_data), "--image-size", "32", "--count", "3",
+                   "--out", str(out))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    from PIL import Image
+    assert Image.open(out).size[0] > 100
