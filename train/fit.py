@@ -98,18 +98,23 @@ class Store:
     def path(self, name):
         return self.run.checkpoints / name
 
+    # Plain arrays rather than Keras' H5 weights: these load the same under any tf.distribute strategy.
     def save_weights(self, model, name):
-        with atomic_path(self.path(name), suffix=".weights.h5") as tmp:
-            model.save_weights(str(tmp))
+        with atomic_path(self.path(name), suffix=".npz") as tmp:
+            np.savez(tmp, *model.get_weights())
+
+    def load_weights(self, model, name):
+        with np.load(self.path(name)) as z:
+            model.set_weights([z[f"arr_{i}"] for i in range(len(z.files))])
 
     def save_epoch(self, model, phase, epoch, row, improved, value, callback_state):
         from .callbacks import optimizer_state
 
-        self.save_weights(model, "last.weights.h5")
+        self.save_weights(model, "last.npz")
         with atomic_path(self.path("optimizer.npz"), suffix=".npz") as tmp:
             np.savez(tmp, *optimizer_state(model.optimizer))
         if improved:
-            self.save_weights(model, "best.weights.h5")
+            self.save_weights(model, "best.npz")
             self.state["best"] = float(value)
             self.state["best_epoch"] = row["epoch"]
         self.state["history"].append(row)
@@ -242,7 +247,7 @@ def _fit_and_finish(run, cfg, samples, class_names, state, preview_name):
     store = Store(run, state)
     verbose = 1 if sys.stdout.isatty() else 2
     if state.get("phase_complete") or state["epoch"] > 0:
-        model.load_weights(str(store.path("last.weights.h5")))
+        store.load_weights(model, "last.npz")
 
     for phase, epochs, lr in ((1, cfg["epochs_head"], cfg["lr"]), (2, cfg["epochs_finetune"], cfg["lr_finetune"])):
         if phase < state["phase"] or (phase == state["phase"] and state.get("phase_complete")):
@@ -271,9 +276,9 @@ def _fit_and_finish(run, cfg, samples, class_names, state, preview_name):
             model.fit(train_ds, validation_data=val_ds if subset["val"] else None, epochs=epochs, initial_epoch=start,
                       class_weight=class_weight, callbacks=callbacks, verbose=verbose)
         # the phase ends on its best weights (best over all phases so far)
-        if store.path("best.weights.h5").exists():
-            model.load_weights(str(store.path("best.weights.h5")))
-        store.save_weights(model, "last.weights.h5")
+        if store.path("best.npz").exists():
+            store.load_weights(model, "best.npz")
+        store.save_weights(model, "last.npz")
         state.update(phase=phase, epoch=epochs, phase_complete=True)
         store.commit()
 
