@@ -1,0 +1,127 @@
+"""Export: every variant from one table, a manifest that stays consistent, atomic files."""
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+
+from conftest import assert_one_line_error, run_cli
+from edge_runtime import Classifier, load_batch
+from export.variants import VARIANTS
+
+
+def test_every_variant_loads_in_edge_runtime_and_gives_probabilities(tiny_export):
+    export_dir = tiny_export.export_dir
+    manifest = json.loads((export_dir / "manifest.json").read_text())
+    assert set(manifest["variants"]) == {v.name for v in VARIANTS}
+    samples = [s for s in tiny_export.split() if s.subset == "test"]
+    pixels = load_batch([tiny_export.data_root() / s.path for s in samples], (64, 64))
+    for v in VARIANTS:
+        entry = manifest["variants"][v.name]
+        assert entry["status"] == "ok", entry
+        assert (export_dir / entry["file"]).stat().st_size == entry["bytes"]
+        clf = Classifier(export_dir / entry["file"])  # verifies the checksum against the manifest
+        probs = clf.probabilities(pixels)
+        assert probs.shape == (len(samples), 3)
+        assert np.allclose(probs.sum(1), 1.0, atol=1e-5)
+        assert clf.labels == ["blue", "green", "red"]
+        if v.integer_io:
+            assert entry["inputs"][0]["dtype"] == "uint8" and entry["outputs"][0]["dtype"] == "uint8"
+            assert entry["inputs"][0]["quantization"]["scale"] > 0
+            assert entry["calibration_images"] > 0
+        for key in ("sha256", "inputs", "outputs", "seconds", "source_sha256", "smoke_check"):
+            assert entry[key], (v.name, key)
+    assert manifest["tool_versions"]["tf2onnx"] and manifest["preprocessing"]["input_size"] == [64, 64]
+    assert (export_dir / "labels.txt").read_text().split() == ["blue", "green", "red"]
+
+
+def test_onnx_files_carry_labels_and_a_dynamic_batch(tiny_export):
+    import onnx
+
+    for name in ("model-fp32.onnx", "model-int8.onnx"):
+        model = onnx.load(str(tiny_export.export_dir / name))
+        meta = {p.key: p.value for p in model.metadata_props}
+        assert json.loads(meta["labels"]) == ["blue", "green", "red"]
+        assert model.opset_import[0].version >= 17
+        dim0 = model.graph.input[0].type.tensor_type.shape.dim[0]
+        assert dim0.dim_param or not dim0.dim_value
+
+
+def test_qat_variant_was_quantization_aware_trained(tiny_export):
+    entry = json.loads((tiny_export.export_dir / "manifest.json").read_text())["variants"]["tflite-qat-int8"]
+    assert entry["qat_epochs"] == 1 and len(entry["qat_history"]["loss"]) == 1
+
+
+def test_a_failing_converter_leaves_the_others_and_the_manifest_consistent(tiny_export, tmp_path):
+    from export.exporter import export_run
+
+    export_dir = tiny_export.export_dir
+    good = export_dir / "model-dynamic.tflite"
+    before = good.read_bytes()
+
+    def broken(ctx, path):
+        path.write_bytes(b"half a model")  # a partial file must never land
+        raise RuntimeError("converter exploded")
+
+    table = [dataclasses.replace(v, convert=broken) if v.name == "tflite-dynamic" else v
+             for v in VARIANTS if v.name in ("tflite-dynamic", "tflite-fp32")]
+    manifest, failed = export_run(tiny_export, variants=table, smoke_images=4)
+    assert failed == ["tflite-dynamic"]
+    assert good.read_bytes() == before, "the earlier good file survives a failed re-export"
+    entry = manifest["variants"]["tflite-dynamic"]
+    assert entry["status"] == "ok" and "converter exploded" in entry["last_error"]
+    assert manifest["variants"]["tflite-fp32"]["status"] == "ok"
+    on_disk = json.loads((export_dir / "manifest.json").read_text())
+    assert on_disk["variants"]["tflite-dynamic"]["last_error"] == entry["last_error"]
+    assert not list(export_dir.glob(".*tmp*")) and not list(export_dir.glob(".model-*"))
+
+
+def test_a_variant_that_never_worked_is_marked_failed(tiny_run, tmp_path):
+    import shutil
+    from export.exporter import export_run
+    from train.rundir import Run
+
+    run = Run(tmp_path / "copy")
+    shutil.copytree(tiny_run.path, run.path, ignore=shutil.ignore_patterns("export", "checkpoints", "logs"))
+    fp32 = next(v for v in VARIANTS if v.name == "tflite-fp32")
+
+    def nan_model(ctx, path):
+        fp32.convert(ctx, path)
+        raise RuntimeError("output contains NaN or infinity")
+
+    manifest, failed = export_run(run, variants=[dataclasses.replace(fp32, convert=nan_model)], smoke_images=4)
+    assert failed == ["tflite-fp32"]
+    assert manifest["variants"]["tflite-fp32"]["status"] == "failed"
+    assert not (run.export_dir / "model-fp32.tflite").exists()
+
+
+def test_cli_errors_are_one_line(tmp_path, tiny_run):
+    assert_one_line_error(run_cli("-m", "export", "--run", str(tmp_path / "nope")), "does not exist")
+    assert_one_line_error(run_cli("-m", "export", "--run", str(tiny_run.path), "--variants", "tflite-int4"),
+                          "unknown variant 'tflite-int4'")
+    incomplete = tmp_path / "incomplete"
+    incomplete.mkdir()
+    (incomplete / "config.json").write_text("{}")
+    assert_one_line_error(run_cli("-m", "export", "--run", str(incomplete)), "incomplete")
+
+
+@pytest.mark.slow
+def test_resnet50_int8_is_at_most_three_tenths_of_float32(tmp_path):
+    """Conversion only, random weights at 32 px: the size ratio does not depend on training."""
+    import tensorflow as tf
+    from train.model import build_model
+
+    model = build_model({"backbone": "resnet50", "weights": "none", "image_size": [32, 32], "dropout": 0.0}, 10)
+    fp32 = tf.lite.TFLiteConverter.from_keras_model(model).convert()
+
+    class Ctx:
+        calibration = np.random.default_rng(0).integers(0, 256, (8, 32, 32, 3), dtype=np.uint8)
+
+        def representative_dataset(self):
+            for img in self.calibration:
+                yield [img[None].astype(np.float32)]
+
+    from export.tflite_convert import _full_integer
+    _full_integer(model, Ctx(), tmp_path / "int8.tflite")
+    ratio = (tmp_path / "int8.tflite").stat().st_size / len(fp32)
+    assert ratio <= 0.3, ratio
