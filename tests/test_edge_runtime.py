@@ -1,0 +1,98 @@
+"""edge_runtime: TensorFlow-free, the preprocessing contract, quantized I/O, bad input."""
+import json
+import shutil
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import REPO, assert_one_line_error, make_image, run_cli
+from edge_runtime.backends import TensorSpec
+from edge_runtime.classifier import Classifier
+
+
+def test_imports_and_predicts_where_tensorflow_cannot_be_imported(tiny_export, tmp_path):
+    img = tmp_path / "x.png"
+    make_image((220, 40, 40), 50).save(img)
+    blocker = tmp_path / "block"
+    (blocker / "tensorflow").mkdir(parents=True)
+    (blocker / "tensorflow" / "__init__.py").write_text("raise ImportError('tensorflow is not on this device')")
+    model = tiny_export.export_dir / "model-int8.tflite"
+    proc = run_cli("-c", "import sys; sys.path.insert(0, sys.argv[1]); import runpy; sys.argv = sys.argv[1:]; "
+                   "sys.argv[0] = 'edge_runtime'; runpy.run_module('edge_runtime', run_name='__main__')",
+                   str(blocker), "predict", str(model), str(img), "--json", "--top-k", "2",
+                   env={"PYTHONPATH": f"{blocker}:{REPO}"})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = json.loads(proc.stdout)
+    assert out[0]["top_k"][0]["label"] == "red"
+    assert len(out[0]["top_k"]) == 2
+
+
+def test_input_types_agree_and_topk_is_ordered(tiny_export, tmp_path):
+    clf = Classifier(tiny_export.export_dir / "model-fp32.tflite")
+    img = make_image((40, 200, 60), 50)
+    path = tmp_path / "g.png"
+    img.save(path)
+    results = clf.predict([str(path), path.read_bytes(), img, np.asarray(img)], top_k=3)
+    assert all(r == results[0] for r in results)
+    probs = [p for _, p in results[0]]
+    assert probs == sorted(probs, reverse=True) and abs(sum(probs) - 1) < 1e-5
+    assert results[0][0][0] == "green"
+    assert clf.predict(str(path), top_k=1)[0][0] == "green"  # one image in, one result out
+
+
+def test_quantize_and_dequantize_use_the_models_parameters():
+    clf = Classifier.__new__(Classifier)
+    clf.input = TensorSpec("in", [1, 2, 2, 3], "int8", scale=2.0, zero_point=-128)
+    clf.output = TensorSpec("out", [1, 3], "uint8", scale=1 / 256, zero_point=0)
+    q = clf._quantize(np.array([0, 100, 255], np.uint8))
+    assert q.dtype == np.int8 and q.tolist() == [-128, -78, 0]
+    p = clf._dequantize(np.array([[64, 128, 64]], np.uint8))
+    assert np.allclose(p, [[0.25, 0.5, 0.25]])
+
+
+def _cli(*args):
+    return run_cli("-m", "edge_runtime", *args)
+
+
+def _assert_error(proc, fragment):
+    assert_one_line_error(proc, fragment)  # the runtime's own C++ INFO lines may precede it
+
+
+def test_bad_inputs_give_one_line_and_exit_2(tiny_export, tmp_path):
+    export_dir = tiny_export.export_dir
+    img = tmp_path / "ok.png"
+    make_image((50, 70, 230), 30).save(img)
+    model = export_dir / "model-fp32.tflite"
+    _assert_error(_cli("predict", str(tmp_path / "missing.tflite"), str(img)), "no such model file")
+    (tmp_path / "m.pt").write_bytes(b"x")
+    _assert_error(_cli("predict", str(tmp_path / "m.pt"), str(img)), "unknown model type")
+    truncated = tmp_path / "model-fp32.tflite"
+    truncated.write_bytes(model.read_bytes()[:5000])
+    _assert_error(_cli("predict", str(truncated), str(img)), "not a valid TFLite model")
+    bad_onnx = tmp_path / "bad.onnx"
+    bad_onnx.write_bytes((export_dir / "model-fp32.onnx").read_bytes()[:3000])
+    _assert_error(_cli("info", str(bad_onnx)), "not a valid ONNX model")
+    (tmp_path / "notes.txt").write_text("hello")
+    _assert_error(_cli("predict", str(model), str(tmp_path / "notes.txt")), "not an image")
+    (tmp_path / "cut.jpg").write_bytes(Image.new("RGB", (64, 64)).tobytes()[:10])
+    _assert_error(_cli("predict", str(model), str(tmp_path / "cut.jpg")), "cut.jpg")
+    (tmp_path / "labels4.txt").write_text("a\nb\nc\nd\n")
+    _assert_error(_cli("predict", str(model), str(img), "--labels", str(tmp_path / "labels4.txt")), "4 classes")
+
+
+def test_checksum_mismatch_is_refused(tiny_export, tmp_path):
+    copy = tmp_path / "export"
+    shutil.copytree(tiny_export.export_dir, copy)
+    with open(copy / "model-fp16.tflite", "ab") as f:
+        f.write(b"\0")
+    _assert_error(_cli("info", str(copy / "model-fp16.tflite")), "checksum mismatch")
+
+
+def test_info_describes_the_model(tiny_export):
+    proc = _cli("info", str(tiny_export.export_dir / "model-int8.tflite"))
+    assert proc.returncode == 0, proc.stderr
+    info = json.loads(proc.stdout)
+    assert info["format"] == "tflite" and info["variant"] == "tflite-int8" and info["checksum_verified"]
+    assert info["input"]["dtype"] == "uint8" and "quantization" in info["input"]
+    assert info["labels"] == ["blue", "green", "red"]
