@@ -1,6 +1,4 @@
 """Callbacks that survive an interruption: their state is saved with every epoch's checkpoint."""
-import json
-
 import numpy as np
 import tf_keras as keras
 

@@ -62,7 +62,6 @@ def parser():
     g = p.add_argument_group("run folder")
     g.add_argument("--run", help="run folder (default: runs/<data>-<backbone>, numbered if taken)")
     g.add_argument("--overwrite", action="store_true", help="replace a finished run of the same name")
-    g.add_argument("--preview", default="augment_preview.png", help=argparse.SUPPRESS)
     return p
 
 
@@ -80,7 +79,7 @@ def parse_size(text):
 def resolve(args, demo):
     """The complete option dict recorded in config.json."""
     d = DEMO_DEFAULTS if demo else DATA_DEFAULTS
-    cfg = {k: v for k, v in vars(args).items() if k not in ("overwrite", "preview")}
+    cfg = {k: v for k, v in vars(args).items() if k not in ("overwrite",)}
     cfg["weights"] = args.weights or d["weights"]
     cfg["image_size"] = parse_size(args.image_size or d["image_size"])
     epochs = args.epochs if args.epochs is not None else d["epochs"]

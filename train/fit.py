@@ -206,11 +206,11 @@ def train(args):
             f"split train/val/test = {sum(report['split']['train'].values())}/{sum(report['split']['val'].values())}/"
             f"{sum(report['split']['test'].values())}")
     log(f"run folder: {run.path}")
-    _fit_and_finish(run, cfg, samples, class_names, state, preview_name=args.preview)
+    _fit_and_finish(run, cfg, samples, class_names, state)
     return run
 
 
-def _fit_and_finish(run, cfg, samples, class_names, state, preview_name):
+def _fit_and_finish(run, cfg, samples, class_names, state):
     import tensorflow as tf
     import tf_keras as keras
 
