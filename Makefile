@@ -81,7 +81,7 @@ benchmark: $(STAMP)
 	$(PY) -m benchmark $(BENCH_OPTS)
 
 bundle: $(STAMP)
-	$(PY) -m edge_runtime.bundle $(call opt,--run,$(RUN)) $(call opt,--variant,$(VARIANT))
+	$(PY) -m export.bundle $(call opt,--run,$(RUN)) $(call opt,--variant,$(VARIANT))
 
 test: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)

@@ -1,7 +1,13 @@
 """Quantization-aware training with tensorflow-model-optimization.
 
-Layers tfmot's default 8-bit scheme supports are annotated; any others stay float in the
-QAT graph and are calibrated by the converter like a post-training int8 model.
+Layers tfmot's default 8-bit scheme supports are annotated (BatchNormalization too, so it is
+folded into the convolution before it); any others stay float in the QAT graph and are
+calibrated by the converter like a post-training int8 model.
+
+tfmot starts every activation range at [-6, 6] and moves it by an EMA with decay 0.999, so a
+short fine-tune never reaches the true ranges: our raw 0..255 input would be clipped to 6 and
+the QAT model would start out predicting one class. The ranges are therefore set from the
+float model's activations on the calibration images first, as post-training quantization does.
 """
 import time
 
@@ -13,27 +19,101 @@ from tensorflow_model_optimization.python.core.quantization.keras.default_8bit i
 from train.pipeline import dataset
 
 
-def annotate(model):
+def annotate(model, fold_bn=True):
     registry = default_8bit_quantize_registry.Default8BitQuantizeRegistry()
     q = tfmot.quantization.keras
 
     def wrap(layer):
-        return q.quantize_annotate_layer(layer) if registry.supports(layer) else layer
+        ok = registry.supports(layer) or (fold_bn and isinstance(layer, keras.layers.BatchNormalization))
+        return q.quantize_annotate_layer(layer) if ok else layer
 
     annotated = keras.models.clone_model(model, clone_function=wrap)
     annotated.set_weights(model.get_weights())
-    skipped = sorted({type(l).__name__ for l in model.layers
-                      if not registry.supports(l) and not isinstance(l, keras.layers.InputLayer)})
+    skipped = sorted({type(l).__name__ for l in model.layers if not registry.supports(l)
+                      and not isinstance(l, (keras.layers.InputLayer, keras.layers.BatchNormalization))})
     return annotated, skipped
+
+
+def quantize(model):
+    q = tfmot.quantization.keras
+    for fold_bn in (True, False):  # a BatchNormalization that follows no convolution cannot be folded
+        annotated, skipped = annotate(model, fold_bn)
+        try:
+            with q.quantize_scope():
+                return q.quantize_apply(annotated), skipped
+        except (ValueError, RuntimeError):
+            if not fold_bn:
+                raise
+
+
+def _var(layer, suffix):
+    return next((w for w in layer.weights if w.name.split("/")[-1].split(":")[0].endswith(suffix)), None)
+
+
+def calibrate_ranges(qat, model, pixels, batch=8, input_range=(0.0, 255.0)):
+    """Set every activation range of the QAT model from the float model's tensors on `pixels`."""
+    from tensorflow_model_optimization.python.core.quantization.keras.quantize_layer import QuantizeLayer
+
+    probes = []  # (min var, max var, float tensor, layer to apply linearly or None)
+    for layer in qat.layers:
+        if isinstance(layer, QuantizeLayer):  # the input quantizer: the pixel contract, 0..255
+            _var(layer, "_min").assign(input_range[0])
+            _var(layer, "_max").assign(input_range[1])
+            continue
+        if not layer.name.startswith("quant_"):
+            continue
+        try:
+            src = model.get_layer(layer.name[len("quant_"):])
+        except ValueError:
+            continue
+        for kind in ("output", "post_activation", "pre_activation"):
+            lo, hi = _var(layer, f"{kind}_min"), _var(layer, f"{kind}_max")
+            if lo is None or hi is None:
+                continue
+            if kind == "pre_activation":  # e.g. the logits before softmax: the layer without its activation
+                cfg = dict(src.get_config(), activation="linear")
+                linear = type(src).from_config(cfg)
+                linear.build(src.input_shape)
+                linear.set_weights(src.get_weights())
+                probes.append((lo, hi, src.input, linear))
+            else:
+                probes.append((lo, hi, src.output, None))
+    if not probes:
+        return 0
+    probe = keras.Model(model.input, [p[2] for p in probes])
+    lows = np.full(len(probes), np.inf, np.float32)
+    highs = np.full(len(probes), -np.inf, np.float32)
+    for i in range(0, len(pixels), batch):
+        outs = probe.predict(pixels[i : i + batch].astype(np.float32), verbose=0)
+        outs = outs if isinstance(outs, list) else [outs]
+        for j, (out, (_, _, _, linear)) in enumerate(zip(outs, probes)):
+            if linear is not None:
+                out = linear(out).numpy()
+            lows[j], highs[j] = min(lows[j], out.min()), max(highs[j], out.max())
+    for (lo, hi, _, _), mn, mx in zip(probes, lows, highs):
+        lo.assign(np.full(lo.shape, min(0.0, mn), np.float32))  # 0 must be representable
+        hi.assign(np.full(hi.shape, max(0.0, mx, mn + 1e-3), np.float32))
+    return len(probes)
+
+
+def set_weight_ranges(qat, pixels):
+    """tfmot takes weight ranges from the weights only in a training step; run one forward pass in
+    training mode for that, then put back everything else it touched (BatchNorm statistics, EMAs)."""
+    keep = [w for w in qat.weights if "kernel_m" not in w.name.split("/")[-1]]
+    saved = [w.numpy() for w in keep]
+    qat(pixels.astype(np.float32), training=True)
+    for w, v in zip(keep, saved):
+        w.assign(v)
 
 
 def quantization_aware_model(ctx):
     """The run's model with fake-quant nodes, fine-tuned a few epochs on its training split."""
     t0 = time.time()
     cfg = ctx.config
-    annotated, skipped = annotate(ctx.model)
-    with tfmot.quantization.keras.quantize_scope():
-        qat = tfmot.quantization.keras.quantize_apply(annotated)
+    qat, skipped = quantize(ctx.model)
+    ranges = calibrate_ranges(qat, ctx.model, ctx.calibration)
+    set_weight_ranges(qat, ctx.calibration[:8])
+    ctx.log(f"  activation ranges of {ranges} tensors set from {len(ctx.calibration)} calibration images")
     qat.compile(optimizer=keras.optimizers.Adam(ctx.qat_lr), loss="sparse_categorical_crossentropy", metrics=["accuracy"])
     info = {"qat_epochs": ctx.qat_epochs, "qat_lr": ctx.qat_lr, "qat_float_layers": skipped}
     if ctx.qat_epochs > 0:

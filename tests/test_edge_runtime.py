@@ -96,3 +96,17 @@ def test_info_describes_the_model(tiny_export):
     assert info["format"] == "tflite" and info["variant"] == "tflite-int8" and info["checksum_verified"]
     assert info["input"]["dtype"] == "uint8" and "quantization" in info["input"]
     assert info["labels"] == ["blue", "green", "red"]
+
+
+@pytest.mark.parametrize("variant", ["tflite-fp16", "tflite-dynamic", "tflite-qat-int8", "onnx-fp32", "onnx-int8"])
+def test_every_exported_format_classifies_through_the_runtime(tiny_export, variant):
+    manifest = json.loads((tiny_export.export_dir / "manifest.json").read_text())
+    clf = Classifier(tiny_export.export_dir / manifest["variants"][variant]["file"], threads=1)
+    assert clf.variant == variant and clf.labels == ["blue", "green", "red"]
+    images = [make_image(c, 48, seed=900 + i) for i, c in enumerate([(220, 40, 40), (40, 200, 60), (50, 70, 230)])]
+    results = clf.predict(images, top_k=3)
+    assert [r[0][0] for r in results] == ["red", "green", "blue"]
+    for r in results:
+        probs = [p for _, p in r]
+        assert probs == sorted(probs, reverse=True) and abs(sum(probs) - 1) < 1e-4
+    assert clf.probabilities(clf.preprocess(images)).shape == (3, 3)
