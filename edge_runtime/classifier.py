@@ -82,7 +82,8 @@ class Classifier:
         return labels
 
     # ---- the numeric core: pixels in, probabilities out
-    def _quantize(self, pixels):
+    def quantize(self, pixels):
+        """uint8 pixels -> the model's input tensor (its own scale and zero point for integer inputs)."""
         spec = self.input
         if spec.quantized:
             info = np.iinfo(spec.dtype)
@@ -90,7 +91,8 @@ class Classifier:
             return np.clip(q, info.min, info.max).astype(spec.dtype)
         return pixels.astype(spec.dtype)
 
-    def _dequantize(self, raw):
+    def dequantize(self, raw):
+        """The model's raw output -> float32 probabilities summing to 1."""
         spec = self.output
         out = (raw.astype(np.float32) - spec.zero_point) * spec.scale if spec.quantized else raw.astype(np.float32)
         total = out.sum(axis=-1, keepdims=True)  # an int8 softmax sums to 1 only within its step size
@@ -101,7 +103,7 @@ class Classifier:
         pixels = np.asarray(pixels)
         if pixels.ndim == 3:
             pixels = pixels[None]
-        return self._dequantize(self.backend.run(self._quantize(pixels)))
+        return self.dequantize(self.backend.run(self.quantize(pixels)))
 
     def preprocess(self, images):
         return np.stack([load_pixels(img, self.size) for img in images])

@@ -1,9 +1,17 @@
-"""TFLite converters. Each writes one .tflite file from the run's Keras model."""
-import tensorflow as tf
+"""TFLite converters. Each writes one .tflite file from the run's Keras model.
+
+TensorFlow is imported inside each converter so the variant table stays cheap to import
+(the benchmark reads it without loading TensorFlow)."""
+
+
+def _tf():
+    import tensorflow as tf
+
+    return tf
 
 
 def _converter(model):
-    return tf.lite.TFLiteConverter.from_keras_model(model)
+    return _tf().lite.TFLiteConverter.from_keras_model(model)
 
 
 def _write(path, flatbuffer):
@@ -17,6 +25,7 @@ def fp32(ctx, path):
 
 
 def fp16(ctx, path):
+    tf = _tf()
     c = _converter(ctx.model)
     c.optimizations = [tf.lite.Optimize.DEFAULT]
     c.target_spec.supported_types = [tf.float16]
@@ -24,6 +33,7 @@ def fp16(ctx, path):
 
 
 def dynamic(ctx, path):
+    tf = _tf()
     c = _converter(ctx.model)
     c.optimizations = [tf.lite.Optimize.DEFAULT]
     return _write(path, c.convert())
@@ -31,6 +41,7 @@ def dynamic(ctx, path):
 
 def _full_integer(model, ctx, path):
     """Integer-only builtin ops, uint8 in and out: the form microcontrollers and NPUs take."""
+    tf = _tf()
     c = _converter(model)
     c.optimizations = [tf.lite.Optimize.DEFAULT]
     c.representative_dataset = ctx.representative_dataset

@@ -45,9 +45,9 @@ def test_quantize_and_dequantize_use_the_models_parameters():
     clf = Classifier.__new__(Classifier)
     clf.input = TensorSpec("in", [1, 2, 2, 3], "int8", scale=2.0, zero_point=-128)
     clf.output = TensorSpec("out", [1, 3], "uint8", scale=1 / 256, zero_point=0)
-    q = clf._quantize(np.array([0, 100, 255], np.uint8))
+    q = clf.quantize(np.array([0, 100, 255], np.uint8))
     assert q.dtype == np.int8 and q.tolist() == [-128, -78, 0]
-    p = clf._dequantize(np.array([[64, 128, 64]], np.uint8))
+    p = clf.dequantize(np.array([[64, 128, 64]], np.uint8))
     assert np.allclose(p, [[0.25, 0.5, 0.25]])
 
 

@@ -1,0 +1,178 @@
+"""Orchestrate a benchmark: the run's test split, one worker process per model and thread
+count, then accuracy against the Keras model and the parity gate."""
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from edge_runtime.classifier import MANIFEST
+from edge_runtime.errors import InputError
+from edge_runtime.files import sha256_file
+from edge_runtime.preprocess import load_batch
+from export.variants import select
+from train.metrics import agreement, classification_metrics
+
+REFERENCE = "keras"
+REPO = Path(__file__).resolve().parent.parent
+
+
+def log(msg):
+    print(f"[benchmark] {msg}", flush=True)
+
+
+def all_cores():
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def test_set(run):
+    """(paths, labels, pixels) of the run's test split, refusing images that changed since training."""
+    samples = [s for s in run.split() if s.subset == "test"]
+    if not samples:
+        raise InputError(f"{run.split_file} has no test images (was --test-frac 0?); nothing to benchmark on")
+    root = run.data_root()
+    missing = [s.path for s in samples if not (root / s.path).is_file()]
+    changed = [s.path for s in samples if s.path not in missing and s.sha256 and sha256_file(root / s.path) != s.sha256]
+    if missing or changed:
+        first = (missing + changed)[0]
+        raise InputError(f"the test split of {run.path} no longer matches the images under {root}: {len(missing)} missing, "
+                         f"{len(changed)} changed (first: {first}); restore the data or train a new run")
+    index = {c: i for i, c in enumerate(run.class_names())}
+    unknown = [s.label for s in samples if s.label not in index]
+    if unknown:
+        raise InputError(f"{run.split_file}: label {unknown[0]!r} is not in {run.labels}")
+    paths = [root / s.path for s in samples]
+    size = tuple(run.config()["image_size"])
+    return paths, np.array([index[s.label] for s in samples]), load_batch(paths, size)
+
+
+def targets(run, variant_names=None):
+    """[(name, format, precision, path, kind)]: the Keras reference, then each exported variant in table order.
+    Also returns the variants that were asked for but have no good export."""
+    manifest_path = run.export_dir / MANIFEST
+    if not manifest_path.is_file():
+        raise InputError(f"{run.path} has no export yet; run `make export RUN={run.path}` first")
+    try:
+        exported = json.loads(manifest_path.read_text()).get("variants", {})
+    except json.JSONDecodeError as e:
+        raise InputError(f"{manifest_path}: unreadable manifest ({e}); re-run `make export RUN={run.path}`") from None
+    out = [(REFERENCE, "keras", "float32", run.model, "keras")]
+    unavailable = {}
+    for v in select(variant_names):
+        entry = exported.get(v.name)
+        if not entry or entry.get("status") != "ok" or not (run.export_dir / entry["file"]).is_file():
+            unavailable[v.name] = (entry or {}).get("error", "not exported")
+            continue
+        out.append((v.name, v.format, v.precision, run.export_dir / entry["file"], "edge"))
+    if len(out) == 1:
+        raise InputError(f"{run.path} has no exported variant to benchmark"
+                         + (f" among {variant_names}" if variant_names else "") + f"; run `make export RUN={run.path}`")
+    return out, unavailable
+
+
+def run_worker(job, workdir):
+    """One measurement in a fresh interpreter; returns its result dict, or raises RuntimeError with its last error line."""
+    job_file = Path(workdir) / f"{job['name']}-{job['threads']}.job.json"
+    job_file.write_text(json.dumps(job))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
+    proc = subprocess.run([sys.executable, "-m", "benchmark.worker", str(job_file)], cwd=REPO, env=env,
+                          capture_output=True, text=True)
+    if proc.returncode != 0:
+        lines = [l for l in proc.stderr.strip().splitlines() if l.strip()]
+        errors = [l for l in lines if l.startswith("error:") or "Error" in l]
+        raise RuntimeError(((errors or lines or ["worker died without a message"])[-1]).removeprefix("error: ")[:300])
+    return json.loads(Path(job["result_out"]).read_text())
+
+
+def measure_all(run, variant_names=None, batch=16, timing=None, threads=None):
+    """Evaluate and time every target; returns (rows, context) for the report and gate."""
+    timing = dict({"warmup": 5, "min_runs": 50, "min_seconds": 3.0, "max_runs": 2000, "max_seconds": 60.0}, **(timing or {}))
+    cores = threads or all_cores()
+    chosen, unavailable = targets(run, variant_names)
+    for name, why in unavailable.items():
+        log(f"skipping {name}: {why}")
+    paths, y, pixels = test_set(run)
+    class_names = run.class_names()
+    log(f"run {run.path}: {len(paths)} test images, {len(class_names)} classes, {len(chosen)} models, threads 1 and {cores}")
+    rows, probs_by_name = [], {}
+    with tempfile.TemporaryDirectory(prefix="benchmark-") as work:
+        np.save(Path(work) / "pixels.npy", pixels)  # the very same uint8 images reach every model
+        for i, (name, fmt, precision, path, kind) in enumerate(chosen, 1):
+            log(f"[{i}/{len(chosen)}] {name} ({fmt}, {precision}): measuring in a fresh process")
+            row = {"variant": name, "format": fmt, "precision": precision, "file": str(path),
+                   "size_mb": path.stat().st_size / 1e6, "status": "ok"}
+            base = {"name": name, "kind": kind, "model": str(path), "pixels": str(Path(work) / "pixels.npy"),
+                    "paths": [str(p) for p in paths], "batch": batch, "timing": timing}
+            try:
+                full = run_worker(dict(base, threads=cores, full=True, probs_out=str(Path(work) / f"{name}.npy"),
+                                       result_out=str(Path(work) / f"{name}-all.json")), work)
+                single = full if cores == 1 else run_worker(
+                    dict(base, threads=1, full=False, result_out=str(Path(work) / f"{name}-1.json")), work)
+                probs_by_name[name] = np.load(Path(work) / f"{name}.npy")
+            except RuntimeError as e:
+                row.update(status="error", error=str(e))
+                log(f"    FAILED: {e}")
+                rows.append(row)
+                continue
+            row.update(timings(full, single, cores))
+            row.update(accuracy(y, probs_by_name[name], probs_by_name.get(REFERENCE), class_names))
+            rows.append(row)
+            log(f"    top-1 {row['top1']:.3f}" + (f" ({row['top1_change_points']:+.1f} pts, agreement {row['agreement']:.3f})"
+                                                     if row.get("agreement") is not None else "")
+                + f", p50 {row['p50_ms']:.1f} ms ({cores} threads), {row['p50_ms_1thread']:.1f} ms (1 thread), "
+                  f"{row['size_mb']:.1f} MB, peak {row['peak_rss_mb']:.0f} MB")
+    ref = next((r for r in rows if r["variant"] == REFERENCE and r["status"] == "ok"), None)
+    if ref is None:
+        raise InputError(f"the Keras reference model could not be measured: {rows[0].get('error')}")
+    for r in rows:
+        if r["status"] == "ok":
+            r["speedup_vs_keras"] = ref["p50_ms"] / r["p50_ms"] if r["p50_ms"] > 0 else None
+    context = {"test_images": len(paths), "classes": class_names, "threads": [1, cores], "batch": batch,
+               "timing": timing, "unavailable": unavailable, "labels": y.tolist()}
+    return rows, context
+
+
+def timings(full, single, cores):
+    rt, rt1, bare = full["runtime"], single["runtime"], full["bare"]
+    return {
+        "p50_ms": rt["p50_ms"], "p90_ms": rt["p90_ms"], "p99_ms": rt["p99_ms"], "latency_runs": rt["runs"],
+        "p50_ms_1thread": rt1["p50_ms"], "p90_ms_1thread": rt1["p90_ms"], "p99_ms_1thread": rt1["p99_ms"],
+        "bare_p50_ms": bare["p50_ms"], "bare_p50_ms_1thread": single["bare"]["p50_ms"],
+        "runtime_overhead_pct": 100.0 * (rt["p50_ms"] / bare["p50_ms"] - 1) if bare["p50_ms"] > 0 else None,
+        "end_to_end_p50_ms": full["end_to_end"]["p50_ms"], "end_to_end_p90_ms": full["end_to_end"]["p90_ms"],
+        "throughput_images_per_s": full["throughput"]["images_per_second"], "throughput_batch": full["throughput"]["batch"],
+        "load_seconds": full["load_seconds"], "peak_rss_mb": full["peak_rss_mb"],
+    }
+
+
+def accuracy(y, probs, reference_probs, class_names):
+    m = classification_metrics(y, probs, class_names)
+    out = {k: m[k] for k in ("top1", "top5", "macro_f1", "balanced_accuracy", "per_class_recall", "confusion_matrix")}
+    if reference_probs is None:  # this is the reference
+        out.update(top1_change_points=0.0, agreement=None, prob_mean_abs_diff=None, prob_max_abs_diff=None)
+    else:
+        ref_top1 = float(np.mean(reference_probs.argmax(1) == np.asarray(y)))
+        out.update(top1_change_points=100.0 * (m["top1"] - ref_top1), **agreement(probs, reference_probs))
+    return out
+
+
+def gate(rows, max_drop=1.0, min_agreement=0.98):
+    """{variant: [reasons]} for every variant that misses parity with the Keras model."""
+    failures = {}
+    for r in rows:
+        if r["variant"] == REFERENCE:
+            continue
+        if r["status"] != "ok":
+            failures[r["variant"]] = [f"could not be measured ({r.get('error')})"]
+            continue
+        reasons = []
+        if r["top1_change_points"] < -max_drop - 1e-9:
+            reasons.append(f"top-1 {r['top1_change_points']:+.2f} points (limit -{max_drop:g})")
+        if r["agreement"] < min_agreement - 1e-12:
+            reasons.append(f"agreement {r['agreement']:.3f} (limit {min_agreement:g})")
+        if reasons:
+            failures[r["variant"]] = reasons
+    return failures

@@ -1,0 +1,153 @@
+"""report.md / report.json / report.csv and PNG plots in runs/<name>/benchmark/. All written atomically."""
+import csv
+import io
+import os
+import platform
+from datetime import datetime, timezone
+
+
+from edge_runtime.files import write_json, write_text
+
+from .evaluate import REFERENCE
+
+# The headline table: the same columns in Markdown and CSV.
+COLUMNS = [  # (key, header, format)
+    ("variant", "variant", "{}"), ("format", "format", "{}"), ("precision", "precision", "{}"),
+    ("size_mb", "size MB", "{:.2f}"), ("top1", "top-1", "{:.3f}"), ("top1_change_points", "Δ top-1 (pts)", "{:+.1f}"),
+    ("agreement", "agreement", "{:.3f}"), ("macro_f1", "macro-F1", "{:.3f}"), ("p50_ms", "p50 ms", "{:.2f}"),
+    ("p90_ms", "p90 ms", "{:.2f}"), ("speedup_vs_keras", "speed-up vs Keras", "{:.2f}×"),
+]
+DETAIL = [
+    ("variant", "variant", "{}"), ("p50_ms_1thread", "p50 ms, 1 thread", "{:.2f}"),
+    ("p90_ms_1thread", "p90, 1 thread", "{:.2f}"), ("p99_ms_1thread", "p99, 1 thread", "{:.2f}"),
+    ("p99_ms", "p99 ms", "{:.2f}"), ("bare_p50_ms", "bare p50 ms", "{:.2f}"),
+    ("runtime_overhead_pct", "runtime overhead %", "{:+.1f}"), ("end_to_end_p50_ms", "end-to-end p50 ms", "{:.2f}"),
+    ("throughput_images_per_s", "throughput img/s", "{:.1f}"), ("load_seconds", "load s", "{:.2f}"),
+    ("peak_rss_mb", "peak memory MB", "{:.0f}"), ("top5", "top-5", "{:.3f}"),
+    ("balanced_accuracy", "balanced acc.", "{:.3f}"), ("prob_max_abs_diff", "max |Δp|", "{:.3f}"),
+]
+
+
+def machine():
+    cpu = platform.processor() or ""
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((l.split(":", 1)[1].strip() for l in f if l.startswith("model name")), cpu)
+    except OSError:
+        pass
+    try:
+        mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    except (ValueError, OSError, AttributeError):
+        mem = None
+    return {"cpu": cpu, "machine": platform.machine(), "cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+            else os.cpu_count(), "memory_gib": round(mem, 1) if mem else None, "os": platform.platform(),
+            "python": platform.python_version()}
+
+
+def _cell(row, key, fmt):
+    v = row.get(key)
+    if v is None:
+        return "—" if row.get("status", "ok") == "ok" else ("FAILED" if key == "size_mb" else "")
+    return fmt.format(v)
+
+
+def _table(rows, columns):
+    lines = ["| " + " | ".join(h for _, h, _ in columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(_cell(r, k, f) for k, _, f in columns) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def markdown(report):
+    rows, ctx, m = report["rows"], report["context"], report["machine"]
+    gate = report["gate"]
+    out = [f"# Benchmark: {report['run']}", "",
+           f"{ctx['test_images']} held-out test images of the run's split, {len(ctx['classes'])} classes; the same "
+           f"uint8 pixels reach every model. Exported models run through `edge_runtime`, the code that ships. "
+           f"Latency is per image at batch 1 after {ctx['timing']['warmup']} warm-up calls, through the runtime "
+           f"(quantize, infer, dequantize), with {ctx['threads'][-1]} threads unless marked 1 thread.", "",
+           _table(rows, COLUMNS), "",
+           f"**Gate** (top-1 drop ≤ {gate['max_drop']:g} points and agreement ≥ {gate['min_agreement']:g} "
+           f"against the Keras model): " + ("passed" if not gate["failures"] else
+                                            "FAILED: " + "; ".join(f"{k}: {', '.join(v)}" for k, v in gate["failures"].items()))
+           + (" (reported only: --no-gate)" if not gate["enforced"] else ""), ""]
+    if ctx["unavailable"]:
+        out += ["Not benchmarked (no good export): " + ", ".join(f"{k} ({v})" for k, v in ctx["unavailable"].items()), ""]
+    errors = [r for r in rows if r["status"] != "ok"]
+    if errors:
+        out += ["Failed to measure: " + "; ".join(f"{r['variant']}: {r['error']}" for r in errors), ""]
+    ok = [r for r in rows if r["status"] == "ok"]
+    out += ["## Latency, memory and accuracy detail", "",
+            "Bare: the interpreter alone on an already-quantized input. Runtime overhead: the runtime's p50 against "
+            "bare. End-to-end: `Classifier.predict` from the image file (decode, resize, infer, top-k). "
+            f"Throughput at batch {ctx['batch']}. Peak memory: the worker process's maximum resident set.", "",
+            _table(ok, DETAIL), "", "## Per-class recall", ""]
+    classes = ctx["classes"]
+    out += ["| class | " + " | ".join(r["variant"] for r in ok) + " |", "|---|" + "---|" * len(ok)]
+    out += [f"| {c} | " + " | ".join(f"{r['per_class_recall'][c]:.2f}" for r in ok) + " |" for c in classes]
+    out += ["", "## Machine and versions", "",
+            f"- {m['cpu']} ({m['machine']}), {m['cores']} cores, {m['memory_gib']} GiB; {m['os']}",
+            f"- threads: 1 and {ctx['threads'][-1]}; timing: {ctx['timing']}",
+            "- " + ", ".join(f"{k} {v}" for k, v in report["versions"].items() if v), "",
+            f"Command: `{report['command']}` ({report['created_at']})", "",
+            "![accuracy against latency](accuracy_vs_latency.png)", "",
+            "![confusion matrices](confusion_float_vs_int8.png)", ""]
+    return "\n".join(out)
+
+
+def csv_text(rows):
+    keys = [k for k, _, _ in COLUMNS] + [k for k, _, _ in DETAIL if k != "variant"] + ["prob_mean_abs_diff", "status", "error"]
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(keys)
+    for r in rows:
+        w.writerow(["" if r.get(k) is None else (f"{r[k]:.6g}" if isinstance(r[k], float) else r[k]) for k in keys])
+    return buf.getvalue()
+
+
+def plot_accuracy_vs_latency(rows, path, max_drop):
+    from train.plots import plt, save
+
+    ok = [r for r in rows if r["status"] == "ok"]
+    fig, ax = plt.subplots(figsize=(8, 5.5))
+    colors = {"keras": "black", "tflite": "tab:blue", "onnx": "tab:orange"}
+    for r in ok:
+        ax.scatter(r["p50_ms"], 100 * r["top1"], s=30 + 8 * r["size_mb"], alpha=0.6, color=colors.get(r["format"], "grey"),
+                   edgecolors="black", linewidths=0.5)
+        ax.annotate(f"{r['variant']}\n{r['size_mb']:.1f} MB", (r["p50_ms"], 100 * r["top1"]), fontsize=7,
+                    xytext=(6, 4), textcoords="offset points")
+    ref = next((r for r in ok if r["variant"] == REFERENCE), None)
+    if ref:
+        ax.axhspan(100 * ref["top1"] - max_drop, 100 * ref["top1"], color="green", alpha=0.08,
+                   label=f"within {max_drop:g} point(s) of Keras")
+        ax.legend(loc="lower right", fontsize=8)
+    ax.set_xscale("log")
+    ax.set_xlabel("p50 latency per image, batch 1 (ms, log scale)")
+    ax.set_ylabel("test top-1 (%)")
+    ax.set_title("accuracy against latency (marker area: file size)")
+    ax.grid(alpha=0.3, which="both")
+    save(fig, path)
+
+
+def plot_confusions(rows, classes, path):
+    """The Keras float model beside the full-int8 models (or whatever else was measured)."""
+    from train.plots import confusion_matrices
+
+    ok = {r["variant"]: r for r in rows if r["status"] == "ok"}
+    int8 = [n for n in ("tflite-int8", "tflite-qat-int8", "onnx-int8") if n in ok]
+    names = [REFERENCE] + (int8 or [n for n in ok if n != REFERENCE][:1])
+    panels = [(f"{n} (top-1 {ok[n]['top1']:.3f})", ok[n]["confusion_matrix"]) for n in names if n in ok]
+    confusion_matrices(panels, classes, path)
+
+
+def write(run, rows, context, gate, versions, command):
+    out = run.benchmark_dir
+    out.mkdir(parents=True, exist_ok=True)
+    report = {"run": str(run.path), "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+              "command": command, "machine": machine(), "versions": versions, "context": context, "gate": gate,
+              "rows": rows}
+    write_json(out / "report.json", report)
+    write_text(out / "report.csv", csv_text(rows))
+    write_text(out / "report.md", markdown(report))
+    plot_accuracy_vs_latency(rows, out / "accuracy_vs_latency.png", gate["max_drop"])
+    plot_confusions(rows, context["classes"], out / "confusion_float_vs_int8.png")
+    return report

@@ -1,0 +1,43 @@
+"""Latency and throughput loops. Wall-clock figures are reported, never asserted."""
+import time
+
+import numpy as np
+
+
+def summarize(seconds):
+    ms = np.asarray(seconds, dtype=np.float64) * 1000.0
+    p50, p90, p99 = np.percentile(ms, [50, 90, 99])
+    return {"runs": int(len(ms)), "p50_ms": float(p50), "p90_ms": float(p90), "p99_ms": float(p99),
+            "mean_ms": float(ms.mean()), "min_ms": float(ms.min())}
+
+
+def latency(fn, warmup=5, min_runs=50, min_seconds=3.0, max_runs=2000, max_seconds=60.0):
+    """Time fn(i) one call at a time after `warmup` untimed calls.
+
+    Runs until both min_runs and min_seconds are reached (so fast models get many samples and
+    slow ones at least min_runs), or max_runs / max_seconds, whichever comes first.
+    """
+    for i in range(warmup):
+        fn(i)
+    times, start = [], time.perf_counter()
+    while len(times) < max_runs:
+        t = time.perf_counter()
+        fn(len(times))
+        times.append(time.perf_counter() - t)
+        elapsed = time.perf_counter() - start
+        if (len(times) >= min_runs and elapsed >= min_seconds) or elapsed >= max_seconds:
+            break
+    return summarize(times)
+
+
+def throughput(fn, batch, min_runs=3, min_seconds=2.0, max_seconds=60.0):
+    """Images per second of fn() on one batch of `batch` images, after one warm-up call."""
+    fn()
+    runs, start = 0, time.perf_counter()
+    while True:
+        fn()
+        runs += 1
+        elapsed = time.perf_counter() - start
+        if (runs >= min_runs and elapsed >= min_seconds) or elapsed >= max_seconds:
+            break
+    return {"batch": int(batch), "runs": runs, "images_per_second": batch * runs / elapsed}

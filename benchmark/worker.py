@@ -1,0 +1,109 @@
+"""One model measured in a process of its own: python -m benchmark.worker JOB.json
+
+A fresh process per model (and per thread count) keeps load time, memory and thread pools
+its own. Exported models go through edge_runtime.Classifier, exactly the code that ships.
+The parent writes the job; this writes result JSON (and the test-set probabilities) back.
+"""
+import json
+import resource
+import sys
+import time
+
+import numpy as np
+
+from edge_runtime.errors import InputError
+from edge_runtime.files import atomic_path, write_json
+from edge_runtime.preprocess import load_pixels
+
+from .timing import latency, throughput
+
+
+class EdgeModel:
+    """An exported .tflite / .onnx file through the shipped runtime."""
+
+    def __init__(self, path, threads):
+        from edge_runtime.classifier import Classifier
+
+        self.clf = Classifier(path, threads=threads)
+
+    def model_input(self, pixels):  # what the bare interpreter is fed: already quantized
+        return self.clf.quantize(pixels)
+
+    def bare(self, x):
+        return self.clf.backend.run(x)
+
+    def probabilities(self, pixels):
+        return self.clf.probabilities(pixels)
+
+    def end_to_end(self, path):
+        return self.clf.predict(str(path), top_k=5)
+
+
+class KerasModel:
+    """The run's full float32 Keras model on TensorFlow: the reference."""
+
+    def __init__(self, path, threads):
+        import tensorflow as tf
+
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+        tf.config.threading.set_inter_op_parallelism_threads(1 if threads == 1 else 0)
+        import tf_keras as keras
+
+        try:
+            self.model = keras.models.load_model(str(path), compile=False)
+        except Exception as e:
+            raise InputError(f"{path}: cannot load the trained model ({str(e).splitlines()[0][:200]})") from None
+        self.size = tuple(int(d) for d in self.model.input_shape[1:3])
+        self._fn = tf.function(lambda x: self.model(x, training=False), reduce_retracing=True)
+
+    def model_input(self, pixels):
+        return np.asarray(pixels, np.float32)
+
+    def bare(self, x):
+        return self._fn(x).numpy()
+
+    def probabilities(self, pixels):
+        return self.bare(self.model_input(pixels))
+
+    def end_to_end(self, path):
+        return self.probabilities(load_pixels(path, self.size)[None])
+
+
+def measure(job):
+    pixels = np.load(job["pixels"])
+    n, threads, timing = len(pixels), job["threads"], job["timing"]
+    t0 = time.perf_counter()
+    model = (KerasModel if job["kind"] == "keras" else EdgeModel)(job["model"], threads)
+    result = {"threads": threads, "load_seconds": time.perf_counter() - t0}
+    inputs = model.model_input(pixels)  # quantized once, so "bare" times the interpreter alone
+    one = [inputs[i : i + 1] for i in range(n)]
+    one_px = [pixels[i : i + 1] for i in range(n)]
+    result["bare"] = latency(lambda i: model.bare(one[i % n]), **timing)
+    result["runtime"] = latency(lambda i: model.probabilities(one_px[i % n]), **timing)
+    if job["full"]:
+        batch = job["batch"]
+        probs = np.concatenate([model.probabilities(pixels[i : i + batch]) for i in range(0, n, batch)])
+        with atomic_path(job["probs_out"], suffix=".npy") as tmp:
+            np.save(tmp, probs.astype(np.float32))
+        b = min(batch, n)
+        result["throughput"] = throughput(lambda: model.probabilities(pixels[:b]), b,
+                                          min_seconds=timing["min_seconds"], max_seconds=timing["max_seconds"])
+        paths = job["paths"]
+        result["end_to_end"] = latency(lambda i: model.end_to_end(paths[i % len(paths)]), **timing)
+    result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # KiB on Linux
+    return result
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    job = json.loads(open(argv[0]).read())
+    try:
+        write_json(job["result_out"], measure(job))
+    except InputError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

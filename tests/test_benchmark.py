@@ -1,0 +1,141 @@
+"""benchmark: hand-checked metrics, the parity gate, the report files, and bad input."""
+import csv
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from benchmark.evaluate import accuracy, gate
+from benchmark.timing import summarize
+from conftest import assert_one_line_error, run_cli
+from train.metrics import agreement, classification_metrics, top_k_accuracy
+
+FAST = ["--min-runs", "3", "--min-seconds", "0", "--warmup", "1", "--batch", "4"]
+
+
+def test_metrics_match_hand_computed_values():
+    # 3 classes; true 0,0,1,2 -> predicted 0,1,1,1
+    y = [0, 0, 1, 2]
+    probs = np.array([[0.7, 0.2, 0.1], [0.4, 0.5, 0.1], [0.1, 0.8, 0.1], [0.35, 0.6, 0.05]])
+    m = classification_metrics(y, probs, ["a", "b", "c"])
+    assert m["top1"] == 0.5
+    assert m["top5"] is None  # fewer than five classes
+    assert m["per_class_recall"] == {"a": 0.5, "b": 1.0, "c": 0.0}
+    assert m["balanced_accuracy"] == pytest.approx(0.5)
+    # F1: a = 2*1*.5/1.5 = 2/3, b = 2*(1/3)*1/(4/3) = 1/2, c = 0
+    assert m["macro_f1"] == pytest.approx((2 / 3 + 0.5 + 0) / 3)
+    assert m["confusion_matrix"] == [[1, 1, 0], [0, 1, 0], [0, 1, 0]]
+    assert top_k_accuracy(y, probs, 2) == 0.75  # only the 'c' image misses its top two
+
+
+def test_agreement_and_change_against_the_reference():
+    y = np.array([0, 1, 1, 0])
+    ref = np.array([[0.9, 0.1], [0.2, 0.8], [0.4, 0.6], [0.4, 0.6]])  # top-1 0.75 (last image wrong)
+    var = np.array([[0.8, 0.2], [0.2, 0.8], [0.6, 0.4], [0.7, 0.3]])  # top-1 0.75: flips images 3 and 4
+    a = agreement(var, ref)
+    assert a["agreement"] == 0.5
+    assert a["prob_max_abs_diff"] == pytest.approx(0.3)
+    assert a["prob_mean_abs_diff"] == pytest.approx((0.1 + 0 + 0.2 + 0.3) * 2 / 8)
+    row = accuracy(y, var, ref, ["x", "y"])
+    assert row["top1_change_points"] == pytest.approx(0.0) and row["agreement"] == 0.5
+    worse = accuracy(y, np.array([[0.1, 0.9]] * 4), ref, ["x", "y"])  # top-1 0.5: 25 points down
+    assert worse["top1_change_points"] == pytest.approx(-25.0)
+
+
+def _row(name, change, agree, status="ok"):
+    return {"variant": name, "status": status, "top1_change_points": change, "agreement": agree, "error": "boom"}
+
+
+def test_gate_fires_only_past_its_limits():
+    rows = [_row("keras", 0.0, 1.0), _row("at-limits", -1.0, 0.98), _row("better", 2.0, 0.99),
+            _row("dropped", -1.6, 0.99), _row("disagrees", 0.0, 0.97), _row("broken", None, None, status="error")]
+    failures = gate(rows, max_drop=1.0, min_agreement=0.98)
+    assert sorted(failures) == ["broken", "disagrees", "dropped"]
+    assert "top-1 -1.60 points" in failures["dropped"][0]
+    assert "agreement 0.970" in failures["disagrees"][0]
+    assert gate(rows[:3], 1.0, 0.98) == {}
+    assert sorted(gate(rows, max_drop=2.0, min_agreement=0.9)) == ["broken"]
+
+
+def test_percentiles():
+    s = summarize([i / 1000 for i in range(1, 101)])  # 1..100 ms
+    assert s["runs"] == 100 and s["p50_ms"] == pytest.approx(50.5) and s["p90_ms"] == pytest.approx(90.1)
+    assert s["p99_ms"] == pytest.approx(99.01) and s["min_ms"] == pytest.approx(1.0)
+
+
+def test_benchmark_reports_every_variant(tiny_export):
+    proc = run_cli("-m", "benchmark", "--run", str(tiny_export.path), "--no-gate", *FAST)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = tiny_export.benchmark_dir
+    report = json.loads((out / "report.json").read_text())
+    rows = {r["variant"]: r for r in report["rows"]}
+    assert list(rows) == ["keras", "tflite-fp32", "tflite-fp16", "tflite-dynamic", "tflite-int8", "tflite-qat-int8",
+                          "onnx-fp32", "onnx-int8"]
+    assert all(r["status"] == "ok" for r in rows.values())
+    # the Keras figures are the training run's own test evaluation: same split, same model
+    trained = json.loads(tiny_export.metrics.read_text())["test"]
+    assert rows["keras"]["top1"] == pytest.approx(trained["top1"])
+    assert rows["keras"]["confusion_matrix"] == trained["confusion_matrix"]
+    n = report["context"]["test_images"]
+    assert n == trained["n"] and sum(map(sum, rows["tflite-int8"]["confusion_matrix"])) == n
+    assert rows["tflite-fp32"]["agreement"] == 1.0 and rows["tflite-fp32"]["prob_max_abs_diff"] < 1e-3
+    for r in rows.values():
+        assert r["p50_ms"] <= r["p90_ms"] <= r["p99_ms"] and r["latency_runs"] >= 3
+        assert r["peak_rss_mb"] > 0 and r["throughput_images_per_s"] > 0 and r["size_mb"] > 0
+        assert r["top1_change_points"] == pytest.approx(100 * (r["top1"] - rows["keras"]["top1"]))
+    assert report["context"]["threads"][0] == 1 and report["machine"]["cores"] >= 1
+    assert report["versions"]["onnxruntime"] and report["gate"]["enforced"] is False
+    with open(out / "report.csv") as f:
+        table = list(csv.DictReader(f))
+    assert [r["variant"] for r in table] == list(rows)
+    assert float(table[4]["top1"]) == pytest.approx(rows["tflite-int8"]["top1"], abs=1e-5)
+    md = (out / "report.md").read_text()
+    assert "| variant | format | precision | size MB | top-1 | Δ top-1 (pts) | agreement |" in md
+    assert all(f"| {name} |" in md for name in rows) and "## Per-class recall" in md
+    for png in ("accuracy_vs_latency.png", "confusion_float_vs_int8.png"):
+        assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture
+def run_copy(tiny_export, tmp_path):
+    """A copy of the tiny run with its own copy of the images, safe to break."""
+    from train.rundir import Run
+
+    dst = Run(tmp_path / "run")
+    shutil.copytree(tiny_export.path, dst.path)
+    data = tmp_path / "images"
+    shutil.copytree(tiny_export.data_root(), data)
+    cfg = dst.config()
+    cfg["data_root"] = str(data)
+    dst.config_file.write_text(json.dumps(cfg))
+    return dst
+
+
+def test_gate_failure_names_the_variant_and_exits_1(run_copy):
+    # a corrupted int8 file: the runtime refuses it, so that variant cannot prove parity
+    with open(run_copy.export_dir / "model-int8.tflite", "ab") as f:
+        f.write(b"\0")
+    args = ["-m", "benchmark", "--run", str(run_copy.path), "--variants", "tflite-fp32,tflite-int8", *FAST]
+    proc = run_cli(*args)
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    err = [l for l in proc.stderr.splitlines() if l.startswith("error:")]
+    assert len(err) == 1 and "tflite-int8" in err[0] and "checksum mismatch" in err[0] and "tflite-fp32" not in err[0].split("(")[0]
+    assert run_cli(*args, "--no-gate").returncode == 0
+
+
+def test_changed_or_missing_test_images_are_refused(run_copy):
+    root = run_copy.data_root()
+    test = [s for s in run_copy.split() if s.subset == "test"]
+    (root / test[0].path).write_bytes((root / test[1].path).read_bytes())
+    assert_one_line_error(run_cli("-m", "benchmark", "--run", str(run_copy.path), *FAST),
+                          "no longer matches", "1 changed", test[0].path)
+    (root / test[0].path).unlink()
+    assert_one_line_error(run_cli("-m", "benchmark", "--run", str(run_copy.path), *FAST), "1 missing")
+
+
+def test_no_export_and_bad_options_are_refused(run_copy):
+    shutil.rmtree(run_copy.export_dir)
+    assert_one_line_error(run_cli("-m", "benchmark", "--run", str(run_copy.path)), "no export yet", "make export")
+    assert_one_line_error(run_cli("-m", "benchmark", "--run", str(run_copy.path), "--variants", "tflite-int3"), "tflite-int3")
+    assert_one_line_error(run_cli("-m", "benchmark", "--run", str(run_copy.path), "--min-agreement", "2"), "--min-agreement")
