@@ -117,8 +117,9 @@ def plot_accuracy_vs_latency(rows, path, max_drop):
                     xytext=(6, 4), textcoords="offset points")
     ref = next((r for r in ok if r["variant"] == REFERENCE), None)
     if ref:
-        ax.axhspan(100 * ref["top1"] - max_drop, 100 * ref["top1"], color="green", alpha=0.08,
-                   label=f"within {max_drop:g} point(s) of Keras")
+        top = max(100 * r["top1"] for r in ok) + 0.5
+        ax.axhspan(100 * ref["top1"] - max_drop, top, color="green", alpha=0.08,
+                   label=f"top-1 passes the gate (at most {max_drop:g} point(s) below Keras)")
         ax.legend(loc="lower right", fontsize=8)
     ax.set_xscale("log")
     ax.set_xlabel("p50 latency per image, batch 1 (ms, log scale)")

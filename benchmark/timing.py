@@ -11,23 +11,28 @@ def summarize(seconds):
             "mean_ms": float(ms.mean()), "min_ms": float(ms.min())}
 
 
-def latency(fn, warmup=5, min_runs=50, min_seconds=3.0, max_runs=2000, max_seconds=60.0):
-    """Time fn(i) one call at a time after `warmup` untimed calls.
+def latency(*fns, warmup=5, min_runs=50, min_seconds=3.0, max_runs=2000, max_seconds=60.0):
+    """Time each fn(i) one call at a time after `warmup` untimed rounds; one summary per fn.
 
+    Several fns are interleaved call by call, so a slow spell of the machine hits them alike
+    and their ratio (the runtime's overhead over the bare interpreter) stays fair.
     Runs until both min_runs and min_seconds are reached (so fast models get many samples and
     slow ones at least min_runs), or max_runs / max_seconds, whichever comes first.
     """
     for i in range(warmup):
-        fn(i)
-    times, start = [], time.perf_counter()
-    while len(times) < max_runs:
-        t = time.perf_counter()
-        fn(len(times))
-        times.append(time.perf_counter() - t)
+        for fn in fns:
+            fn(i)
+    times, start = [[] for _ in fns], time.perf_counter()
+    for i in range(max_runs):
+        for fn, ts in zip(fns, times):
+            t = time.perf_counter()
+            fn(i)
+            ts.append(time.perf_counter() - t)
         elapsed = time.perf_counter() - start
-        if (len(times) >= min_runs and elapsed >= min_seconds) or elapsed >= max_seconds:
+        if (i + 1 >= min_runs and elapsed >= min_seconds) or elapsed >= max_seconds:
             break
-    return summarize(times)
+    out = [summarize(ts) for ts in times]
+    return out[0] if len(fns) == 1 else out
 
 
 def throughput(fn, batch, min_runs=3, min_seconds=2.0, max_seconds=60.0):

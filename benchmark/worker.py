@@ -78,8 +78,8 @@ def measure(job):
     inputs = model.model_input(pixels)  # quantized once, so "bare" times the interpreter alone
     one = [inputs[i : i + 1] for i in range(n)]
     one_px = [pixels[i : i + 1] for i in range(n)]
-    result["bare"] = latency(lambda i: model.bare(one[i % n]), **timing)
-    result["runtime"] = latency(lambda i: model.probabilities(one_px[i % n]), **timing)
+    result["bare"], result["runtime"] = latency(lambda i: model.bare(one[i % n]),
+                                                lambda i: model.probabilities(one_px[i % n]), **timing)
     if job["full"]:
         batch = job["batch"]
         probs = np.concatenate([model.probabilities(pixels[i : i + batch]) for i in range(0, n, batch)])

@@ -139,3 +139,13 @@ def test_no_export_and_bad_options_are_refused(run_copy):
     assert_one_line_error(run_cli("-m", "benchmark", "--run", str(run_copy.path)), "no export yet", "make export")
     assert_one_line_error(run_cli("-m", "benchmark", "--run", str(run_copy.path), "--variants", "tflite-int3"), "tflite-int3")
     assert_one_line_error(run_cli("-m", "benchmark", "--run", str(run_copy.path), "--min-agreement", "2"), "--min-agreement")
+
+
+def test_latency_interleaves_and_stops_at_min_runs():
+    from benchmark.timing import latency
+
+    calls = []
+    a, b = latency(lambda i: calls.append(("a", i)), lambda i: calls.append(("b", i)),
+                   warmup=2, min_runs=4, min_seconds=0, max_runs=100)
+    assert a["runs"] == b["runs"] == 4
+    assert calls == [("a", 0), ("b", 0), ("a", 1), ("b", 1)] + [(x, i) for i in range(4) for x in "ab"]

@@ -47,6 +47,9 @@ def test_quantize_and_dequantize_use_the_models_parameters():
     clf.output = TensorSpec("out", [1, 3], "uint8", scale=1 / 256, zero_point=0)
     q = clf.quantize(np.array([0, 100, 255], np.uint8))
     assert q.dtype == np.int8 and q.tolist() == [-128, -78, 0]
+    clf.input = TensorSpec("in", [1, 2, 2, 3], "uint8", scale=1.0, zero_point=0)  # the full-int8 exports' input
+    px = np.array([0, 100, 255], np.uint8)
+    assert clf.quantize(px) is px
     p = clf.dequantize(np.array([[64, 128, 64]], np.uint8))
     assert np.allclose(p, [[0.25, 0.5, 0.25]])
 

@@ -36,7 +36,7 @@ def confusion_matrices(panels, class_names, path):
     """panels: list of (title, confusion matrix). Rows are true classes, normalised per row."""
     n = len(panels)
     size = max(4.0, 0.45 * len(class_names) + 2)
-    fig, axes = plt.subplots(1, n, figsize=(size * n, size), squeeze=False)
+    fig, axes = plt.subplots(1, n, figsize=((size + 1.5) * n, size), squeeze=False, layout="constrained")
     for ax, (title, cm) in zip(axes[0], panels):
         cm = np.asarray(cm, dtype=float)
         norm = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
