@@ -1,5 +1,6 @@
 # make train export benchmark   -- the whole pipeline (demo dataset unless DATA is given)
 # make test                     -- the test suite, slow tests on the Leeds butterflies included
+# make bundle VARIANT=tflite-int8 -- dist/<run>-<variant>.tar.gz for a Raspberry Pi
 # Every target creates .venv first when it is missing.
 
 PYTHON    ?= python3
