@@ -15,6 +15,12 @@ def sha256_file(path, chunk=1 << 20):
     return h.hexdigest()
 
 
+def _umask():
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 @contextlib.contextmanager
 def atomic_path(path, suffix=None):
     """Yield a temporary path beside `path`; rename it over `path` only if the block succeeds.
@@ -28,6 +34,8 @@ def atomic_path(path, suffix=None):
     tmp = Path(tmp)
     try:
         yield tmp
+        if tmp.exists():
+            os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes files private; give the usual permissions
         os.replace(tmp, path)
     finally:
         if tmp.exists():
