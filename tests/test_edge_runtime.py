@@ -24,7 +24,8 @@ def test_imports_and_predicts_where_tensorflow_cannot_be_imported(tiny_export, t
                    env={"PYTHONPATH": f"{blocker}:{REPO}"})
     assert proc.returncode == 0, proc.stderr[-2000:]
     out = json.loads(proc.stdout)
-    assert out[0]["top_k"][0]["label"] == "red"
+    expected = Classifier(model).predict(str(img), top_k=2)  # the same file with TensorFlow importable
+    assert [t["label"] for t in out[0]["top_k"]] == [l for l, _ in expected]
     assert len(out[0]["top_k"]) == 2
 
 
@@ -37,8 +38,7 @@ def test_input_types_agree_and_topk_is_ordered(tiny_export, tmp_path):
     assert all(r == results[0] for r in results)
     probs = [p for _, p in results[0]]
     assert probs == sorted(probs, reverse=True) and abs(sum(probs) - 1) < 1e-5
-    assert results[0][0][0] == "green"
-    assert clf.predict(str(path), top_k=1)[0][0] == "green"  # one image in, one result out
+    assert clf.predict(str(path), top_k=1) == [results[0][0]]  # one image in, one result out
 
 
 def test_quantize_and_dequantize_use_the_models_parameters():
@@ -101,17 +101,29 @@ def test_info_describes_the_model(tiny_export):
     assert info["labels"] == ["blue", "green", "red"]
 
 
+@pytest.fixture(scope="module")
+def keras_model(tiny_export):
+    import tf_keras as keras
+
+    return keras.models.load_model(str(tiny_export.model), compile=False)
+
+
 @pytest.mark.parametrize("variant", ["tflite-fp16", "tflite-dynamic", "tflite-qat-int8", "onnx-fp32", "onnx-int8"])
-def test_every_exported_format_classifies_through_the_runtime(tiny_export, variant):
+def test_every_exported_format_classifies_through_the_runtime(tiny_export, keras_model, variant):
     manifest = json.loads((tiny_export.export_dir / "manifest.json").read_text())
     clf = Classifier(tiny_export.export_dir / manifest["variants"][variant]["file"], threads=1)
     assert clf.variant == variant and clf.labels == ["blue", "green", "red"]
-    images = [make_image(c, 48, seed=900 + i) for i, c in enumerate([(220, 40, 40), (40, 200, 60), (50, 70, 230)])]
+    images = [make_image(c, 48, seed=900 + i) for i, c in enumerate([(220, 40, 40), (40, 200, 60), (50, 70, 230)] * 2)]
     results = clf.predict(images, top_k=3)
-    correct = sum(r[0][0] == want for r, want in zip(results, ["red", "green", "blue"]))
-    # a tiny, briefly trained model: int8 rounding may flip its least certain image, float must not
-    assert correct == 3 or ("int8" in variant and correct == 2), results
     for r in results:
         probs = [p for _, p in r]
         assert probs == sorted(probs, reverse=True) and abs(sum(probs) - 1) < 1e-4
-    assert clf.probabilities(clf.preprocess(images)).shape == (3, 3)
+    # The reference is the Keras model the file came from, not the colours: the tiny model is trained afresh
+    # each session and need not get every made-up image right. Float files must agree with it everywhere;
+    # int8 rounding may flip one uncertain image.
+    reference = keras_model.predict(clf.preprocess(images).astype(np.float32), verbose=0)
+    expected = [clf.labels[i] for i in reference.argmax(1)]
+    agree = sum(r[0][0] == e for r, e in zip(results, expected))
+    assert agree == len(images) or (variant != "onnx-fp32" and variant != "tflite-fp16" and agree >= len(images) - 1), \
+        (results, expected)
+    assert clf.probabilities(clf.preprocess(images)).shape == (len(images), 3)
