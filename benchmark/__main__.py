@@ -6,6 +6,8 @@ import sys
 from . import __name__ as _pkg  # noqa: F401  (sets TF_USE_LEGACY_KERAS before any worker loads TensorFlow)
 from edge_runtime.errors import InputError
 
+from .timing import DEFAULTS
+
 
 def parser():
     p = argparse.ArgumentParser(prog="python -m benchmark",
@@ -19,10 +21,12 @@ def parser():
     g = p.add_argument_group("timing")
     g.add_argument("--threads", type=int, help="the 'all cores' thread count (default: the cores this process may use)")
     g.add_argument("--batch", type=int, default=16, help="batch size for accuracy and throughput (default 16)")
-    g.add_argument("--warmup", type=int, default=5, help="untimed calls before timing (default 5)")
-    g.add_argument("--min-runs", type=int, default=50, help="timed calls per latency figure, at least (default 50)")
-    g.add_argument("--min-seconds", type=float, default=3.0, help="and at least this long (default 3)")
-    g.add_argument("--max-seconds", type=float, default=60.0, help="but no longer than this per figure (default 60)")
+    g.add_argument("--warmup", type=int, default=DEFAULTS["warmup"], help="untimed calls before timing (default %(default)s)")
+    g.add_argument("--min-runs", type=int, default=DEFAULTS["min_runs"],
+                   help="timed calls per latency figure, at least (default %(default)s)")
+    g.add_argument("--min-seconds", type=float, default=DEFAULTS["min_seconds"], help="and at least this long (default %(default)s)")
+    g.add_argument("--max-seconds", type=float, default=DEFAULTS["max_seconds"],
+                   help="but no longer than this per figure (default %(default)s)")
     return p
 
 

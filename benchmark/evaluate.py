@@ -9,12 +9,13 @@ from pathlib import Path
 
 import numpy as np
 
-from edge_runtime.classifier import MANIFEST
 from edge_runtime.errors import InputError
 from edge_runtime.files import sha256_file
 from edge_runtime.preprocess import load_batch
 from export.variants import select
 from train.metrics import agreement, classification_metrics
+
+from .timing import DEFAULTS as TIMING_DEFAULTS
 
 REFERENCE = "keras"
 REPO = Path(__file__).resolve().parent.parent
@@ -52,13 +53,7 @@ def test_set(run):
 def targets(run, variant_names=None):
     """[(name, format, precision, path, kind)]: the Keras reference, then each exported variant in table order.
     Also returns the variants that were asked for but have no good export."""
-    manifest_path = run.export_dir / MANIFEST
-    if not manifest_path.is_file():
-        raise InputError(f"{run.path} has no export yet; run `make export RUN={run.path}` first")
-    try:
-        exported = json.loads(manifest_path.read_text()).get("variants", {})
-    except json.JSONDecodeError as e:
-        raise InputError(f"{manifest_path}: unreadable manifest ({e}); re-run `make export RUN={run.path}`") from None
+    exported = run.manifest().get("variants", {})
     out = [(REFERENCE, "keras", "float32", run.model, "keras")]
     unavailable = {}
     for v in select(variant_names):
@@ -77,8 +72,7 @@ def run_worker(job, workdir):
     """One measurement in a fresh interpreter; returns its result dict, or raises RuntimeError with its last error line."""
     job_file = Path(workdir) / f"{job['name']}-{job['threads']}.job.json"
     job_file.write_text(json.dumps(job))
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
-    proc = subprocess.run([sys.executable, "-m", "benchmark.worker", str(job_file)], cwd=REPO, env=env,
+    proc = subprocess.run([sys.executable, "-m", "benchmark.worker", str(job_file)], cwd=REPO,  # -m: REPO on sys.path
                           capture_output=True, text=True)
     if proc.returncode != 0:
         lines = [l for l in proc.stderr.strip().splitlines() if l.strip()]
@@ -89,7 +83,7 @@ def run_worker(job, workdir):
 
 def measure_all(run, variant_names=None, batch=16, timing=None, threads=None):
     """Evaluate and time every target; returns (rows, context) for the report and gate."""
-    timing = dict({"warmup": 5, "min_runs": 50, "min_seconds": 3.0, "max_runs": 2000, "max_seconds": 60.0}, **(timing or {}))
+    timing = dict(TIMING_DEFAULTS, **(timing or {}))
     cores = threads or all_cores()
     chosen, unavailable = targets(run, variant_names)
     for name, why in unavailable.items():

@@ -3,6 +3,8 @@ import time
 
 import numpy as np
 
+DEFAULTS = {"warmup": 5, "min_runs": 50, "min_seconds": 3.0, "max_runs": 2000, "max_seconds": 60.0}
+
 
 def summarize(seconds):
     ms = np.asarray(seconds, dtype=np.float64) * 1000.0
@@ -11,7 +13,8 @@ def summarize(seconds):
             "mean_ms": float(ms.mean()), "min_ms": float(ms.min())}
 
 
-def latency(*fns, warmup=5, min_runs=50, min_seconds=3.0, max_runs=2000, max_seconds=60.0):
+def latency(*fns, warmup=DEFAULTS["warmup"], min_runs=DEFAULTS["min_runs"], min_seconds=DEFAULTS["min_seconds"],
+            max_runs=DEFAULTS["max_runs"], max_seconds=DEFAULTS["max_seconds"]):
     """Time each fn(i) one call at a time after `warmup` untimed rounds; one summary per fn.
 
     Several fns are interleaved call by call, so a slow spell of the machine hits them alike

@@ -11,7 +11,7 @@ import time
 
 import numpy as np
 
-from edge_runtime.errors import InputError
+from edge_runtime.errors import InputError, exit_code
 from edge_runtime.files import atomic_path, write_json
 from edge_runtime.preprocess import load_pixels
 
@@ -97,12 +97,7 @@ def measure(job):
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     job = json.loads(open(argv[0]).read())
-    try:
-        write_json(job["result_out"], measure(job))
-    except InputError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
+    return exit_code(lambda: write_json(job["result_out"], measure(job)))
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ import tarfile
 from pathlib import Path
 
 from edge_runtime.classifier import LABELS, MANIFEST
-from edge_runtime.errors import InputError
+from edge_runtime.errors import InputError, exit_code
 from edge_runtime.files import atomic_path, sha256_file
 
 REPO = Path(__file__).resolve().parent.parent
@@ -89,13 +89,7 @@ file is refused with a one-line error.
 def build(run, variant=DEFAULT_VARIANT, dist=Path("dist")):
     """Write dist/<run>-<variant>.tar.gz atomically and return its path."""
     export_dir = run.export_dir
-    manifest_path = export_dir / MANIFEST
-    if not manifest_path.is_file():
-        raise InputError(f"{run.path} has no export yet (run `make export RUN={run.path}` first)")
-    try:
-        manifest = json.loads(manifest_path.read_text())
-    except json.JSONDecodeError as e:
-        raise InputError(f"{manifest_path}: unreadable manifest ({e}); re-run `make export RUN={run.path}`") from None
+    manifest = run.manifest()
     entry = manifest.get("variants", {}).get(variant)
     if entry is None:
         raise InputError(f"variant {variant!r} was not exported for {run.path}; exported: "
@@ -106,7 +100,7 @@ def build(run, variant=DEFAULT_VARIANT, dist=Path("dist")):
     if not model.is_file():
         raise InputError(f"{model} is listed in the manifest but missing; re-run `make export RUN={run.path}`")
     if sha256_file(model) != entry["sha256"]:
-        raise InputError(f"{model}: checksum mismatch with {manifest_path}; re-run `make export RUN={run.path}`")
+        raise InputError(f"{model}: checksum mismatch with {run.export_manifest}; re-run `make export RUN={run.path}`")
 
     name = f"{run.path.name}-{variant}"
     slim = {k: v for k, v in manifest.items() if k != "variants"}
@@ -137,14 +131,12 @@ def main(argv=None):
     p.add_argument("--variant", default=DEFAULT_VARIANT, help=f"exported variant to pack (default {DEFAULT_VARIANT})")
     p.add_argument("--dist", default="dist", help="output folder (default dist/)")
     a = p.parse_args(argv)
-    try:
-        from train.rundir import resolve_run
+    from train.rundir import resolve_run
 
+    def body():
         build(resolve_run(a.run), a.variant, Path(a.dist))
-    except InputError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
+
+    return exit_code(body)
 
 
 if __name__ == "__main__":

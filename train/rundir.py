@@ -31,6 +31,7 @@ class Run:
     checkpoints = property(lambda self: self.path / "checkpoints")
     logs = property(lambda self: self.path / "logs")
     export_dir = property(lambda self: self.path / "export")
+    export_manifest = property(lambda self: self.path / "export" / "manifest.json")
     benchmark_dir = property(lambda self: self.path / "benchmark")
 
     def state(self):
@@ -48,6 +49,12 @@ class Run:
 
     def split(self):
         return read_split(self.split_file)
+
+    def manifest(self):
+        """The export manifest; one clear error when there is no export or it is unreadable."""
+        if not self.export_manifest.is_file():
+            raise InputError(f"{self.path} has no export yet; run `make export RUN={self.path}` first")
+        return _read_json(self.export_manifest)
 
     def data_root(self):
         return Path(self.config()["data_root"])
