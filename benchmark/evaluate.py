@@ -13,7 +13,8 @@ from edge_runtime.errors import InputError
 from edge_runtime.files import sha256_file
 from edge_runtime.preprocess import load_batch
 from export.variants import select
-from train.metrics import agreement, classification_metrics
+from train.metrics import (PARITY, agreement, classification_metrics, mcnemar_p, paired_delta_interval,
+                           parity_misses, wilson_interval)
 
 from .timing import DEFAULTS as TIMING_DEFAULTS
 
@@ -50,18 +51,30 @@ def test_set(run):
     return paths, np.array([index[s.label] for s in samples]), load_batch(paths, size)
 
 
+QAT_SOURCE = "qat-source"
+
+
 def targets(run, variant_names=None):
-    """[(name, format, precision, path, kind)]: the Keras reference, then each exported variant in table order.
-    Also returns the variants that were asked for but have no good export."""
+    """[(name, format, precision, path, kind, agreement reference, manifest entry)]: the Keras reference,
+    then each exported variant in table order (a QAT variant preceded by its float source, the
+    reference its agreement is gated against). Also returns the asked-for variants with no good export."""
     exported = run.manifest().get("variants", {})
-    out = [(REFERENCE, "keras", "float32", run.model, "keras")]
+    out = [(REFERENCE, "keras", "float32", run.model, "keras", None, {})]
     unavailable = {}
     for v in select(variant_names):
         entry = exported.get(v.name)
         if not entry or entry.get("status") != "ok" or not (run.export_dir / entry["file"]).is_file():
             unavailable[v.name] = (entry or {}).get("error", "not exported")
             continue
-        out.append((v.name, v.format, v.precision, run.export_dir / entry["file"], "edge"))
+        agree_ref = REFERENCE
+        if entry.get("reference_model"):
+            source = run.export_dir / entry["reference_model"]
+            if not source.is_file():
+                unavailable[v.name] = f"its float source {source.name} is missing"
+                continue
+            out.append((QAT_SOURCE, "keras", "float32, fake-quant (QAT source)", source, "keras", None, {}))
+            agree_ref = QAT_SOURCE
+        out.append((v.name, v.format, v.precision, run.export_dir / entry["file"], "edge", agree_ref, entry))
     if len(out) == 1:
         raise InputError(f"{run.path} has no exported variant to benchmark"
                          + (f" among {variant_names}" if variant_names else "") + f"; run `make export RUN={run.path}`")
@@ -87,14 +100,14 @@ def measure_all(run, variant_names=None, batch=16, timing=None, threads=None):
     cores = threads or all_cores()
     chosen, unavailable = targets(run, variant_names)
     for name, why in unavailable.items():
-        log(f"skipping {name}: {why}")
+        log(f"{name}: no export to measure ({why}); it fails the gate")
     paths, y, pixels = test_set(run)
     class_names = run.class_names()
     log(f"run {run.path}: {len(paths)} test images, {len(class_names)} classes, {len(chosen)} models, threads 1 and {cores}")
     rows, probs_by_name = [], {}
     with tempfile.TemporaryDirectory(prefix="benchmark-") as work:
         np.save(Path(work) / "pixels.npy", pixels)  # the very same uint8 images reach every model
-        for i, (name, fmt, precision, path, kind) in enumerate(chosen, 1):
+        for i, (name, fmt, precision, path, kind, agree_ref, entry) in enumerate(chosen, 1):
             log(f"[{i}/{len(chosen)}] {name} ({fmt}, {precision}): measuring in a fresh process")
             row = {"variant": name, "format": fmt, "precision": precision, "file": str(path),
                    "size_mb": path.stat().st_size / 1e6, "status": "ok"}
@@ -112,12 +125,22 @@ def measure_all(run, variant_names=None, batch=16, timing=None, threads=None):
                 rows.append(row)
                 continue
             row.update(timings(full, single, cores))
-            row.update(accuracy(y, probs_by_name[name], probs_by_name.get(REFERENCE), class_names))
+            row.update(accuracy(y, probs_by_name[name], probs_by_name.get(REFERENCE), class_names,
+                                probs_by_name.get(agree_ref) if agree_ref else None))
+            row["agreement_reference"] = agree_ref
+            fb = entry.get("fallback")
+            if fb:
+                row.update(float_ops=len(fb["kept_float"]), fallback_met_budget=fb["met_budget"])
             rows.append(row)
             log(f"    top-1 {row['top1']:.3f}" + (f" ({row['top1_change_points']:+.1f} pts, agreement {row['agreement']:.3f})"
                                                      if row.get("agreement") is not None else "")
                 + f", p50 {row['p50_ms']:.1f} ms ({cores} threads), {row['p50_ms_1thread']:.1f} ms (1 thread), "
                   f"{row['size_mb']:.1f} MB, peak {row['peak_rss_mb']:.0f} MB")
+    for name, why in unavailable.items():  # asked for but not there: it fails the gate, it is not skipped
+        v = next(v for v in select(variant_names) if v.name == name)
+        rows.append({"variant": name, "format": v.format, "precision": v.precision, "status": "missing", "error": why})
+    order = [REFERENCE] + [n for v in select(variant_names) for n in ((QAT_SOURCE, v.name) if v.name == "tflite-qat-int8" else (v.name,))]
+    rows.sort(key=lambda r: order.index(r["variant"]) if r["variant"] in order else len(order))
     ref = next((r for r in rows if r["variant"] == REFERENCE and r["status"] == "ok"), None)
     if ref is None:
         raise InputError(f"the Keras reference model could not be measured: {rows[0].get('error')}")
@@ -142,31 +165,37 @@ def timings(full, single, cores):
     }
 
 
-def accuracy(y, probs, reference_probs, class_names):
+def accuracy(y, probs, reference_probs, class_names, agreement_probs=None):
+    """Metrics of one model; Δ top-1 against the Keras reference, agreement against `agreement_probs`
+    (the model it was converted from: Keras, or the QAT source), each with a 95% interval."""
     m = classification_metrics(y, probs, class_names)
     out = {k: m[k] for k in ("top1", "top5", "macro_f1", "balanced_accuracy", "per_class_recall", "confusion_matrix")}
     if reference_probs is None:  # this is the reference
         out.update(top1_change_points=0.0, agreement=None, prob_mean_abs_diff=None, prob_max_abs_diff=None)
-    else:
-        ref_top1 = float(np.mean(reference_probs.argmax(1) == np.asarray(y)))
-        out.update(top1_change_points=100.0 * (m["top1"] - ref_top1), **agreement(probs, reference_probs))
+        return out
+    y = np.asarray(y)
+    agreement_probs = reference_probs if agreement_probs is None else agreement_probs
+    correct, ref_correct = probs.argmax(1) == y, reference_probs.argmax(1) == y
+    out.update(top1_change_points=100.0 * (correct.mean() - ref_correct.mean()), **agreement(probs, agreement_probs))
+    agreeing = int(np.sum(probs.argmax(1) == agreement_probs.argmax(1)))
+    out.update(n=int(len(y)), agreement_ci=wilson_interval(agreeing, len(y)),
+               top1_change_ci=paired_delta_interval(correct, ref_correct), mcnemar_p=mcnemar_p(correct, ref_correct))
     return out
 
 
-def gate(rows, max_drop=1.0, min_agreement=0.98):
-    """{variant: [reasons]} for every variant that misses parity with the Keras model."""
+def gate(rows, max_drop=PARITY["max_drop"], min_agreement=PARITY["min_agreement"]):
+    """{variant: [reasons]} for every variant that misses parity, could not be measured, or is missing."""
     failures = {}
     for r in rows:
-        if r["variant"] == REFERENCE:
+        if r["variant"] in (REFERENCE, QAT_SOURCE):
+            continue
+        if r["status"] == "missing":
+            failures[r["variant"]] = [f"no export to measure ({r.get('error')})"]
             continue
         if r["status"] != "ok":
             failures[r["variant"]] = [f"could not be measured ({r.get('error')})"]
             continue
-        reasons = []
-        if r["top1_change_points"] < -max_drop - 1e-9:
-            reasons.append(f"top-1 {r['top1_change_points']:+.2f} points (limit -{max_drop:g})")
-        if r["agreement"] < min_agreement - 1e-12:
-            reasons.append(f"agreement {r['agreement']:.3f} (limit {min_agreement:g})")
+        reasons = parity_misses(r["top1_change_points"], r["agreement"], max_drop, min_agreement)
         if reasons:
             failures[r["variant"]] = reasons
     return failures

@@ -14,7 +14,9 @@ from .evaluate import REFERENCE
 COLUMNS = [  # (key, header, format)
     ("variant", "variant", "{}"), ("format", "format", "{}"), ("precision", "precision", "{}"),
     ("size_mb", "size MB", "{:.2f}"), ("top1", "top-1", "{:.3f}"), ("top1_change_points", "Δ top-1 (pts)", "{:+.1f}"),
-    ("agreement", "agreement", "{:.3f}"), ("macro_f1", "macro-F1", "{:.3f}"), ("p50_ms", "p50 ms", "{:.2f}"),
+    ("top1_change_ci", "95% CI", "[{0[0]:+.1f}, {0[1]:+.1f}]"), ("agreement", "agreement", "{:.3f}"),
+    ("agreement_ci", "95% CI (Wilson)", "[{0[0]:.3f}, {0[1]:.3f}]"), ("agreement_reference", "agreement vs", "{}"),
+    ("float_ops", "ops kept float", "{}"), ("macro_f1", "macro-F1", "{:.3f}"), ("p50_ms", "p50 ms", "{:.2f}"),
     ("p90_ms", "p90 ms", "{:.2f}"), ("speedup_vs_keras", "speed-up vs Keras", "{:.2f}×"),
 ]
 DETAIL = [
@@ -47,7 +49,7 @@ def machine():
 def _cell(row, key, fmt):
     v = row.get(key)
     if v is None:
-        return "—" if row.get("status", "ok") == "ok" else ("FAILED" if key == "size_mb" else "")
+        return "—" if row.get("status", "ok") == "ok" else ({"size_mb": "FAILED", "format": row.get("format", "")}.get(key, ""))
     return fmt.format(v)
 
 
@@ -66,8 +68,12 @@ def markdown(report):
            f"Latency is per image at batch 1 after {ctx['timing']['warmup']} warm-up calls, through the runtime "
            f"(quantize, infer, dequantize), with {ctx['threads'][-1]} threads unless marked 1 thread.", "",
            _table(rows, COLUMNS), "",
-           f"**Gate** (top-1 drop ≤ {gate['max_drop']:g} points and agreement ≥ {gate['min_agreement']:g} "
-           f"against the Keras model): " + ("passed" if not gate["failures"] else
+           f"Δ top-1 is against the Keras model on the same {ctx['test_images']} images, with a 95% paired-bootstrap "
+           f"interval; agreement is the share of images on which a variant predicts the class of the model it was "
+           f"converted from (Keras, or for QAT its own float source, `qat-source`, since QAT fine-tunes further), "
+           f"with a 95% Wilson interval. Ops kept float: the accuracy-aware fallback's choice on the validation split.", "",
+           f"**Gate** (top-1 drop ≤ {gate['max_drop']:g} points against Keras and agreement ≥ {gate['min_agreement']:g} "
+           f"against the source model; a missing or unmeasurable variant fails): " + ("passed" if not gate["failures"] else
                                             "FAILED: " + "; ".join(f"{k}: {', '.join(v)}" for k, v in gate["failures"].items()))
            + (" (reported only: --no-gate)" if not gate["enforced"] else ""), ""]
     if ctx["unavailable"]:
@@ -95,12 +101,13 @@ def markdown(report):
 
 
 def csv_text(rows):
-    keys = [k for k, _, _ in COLUMNS] + [k for k, _, _ in DETAIL if k != "variant"] + ["prob_mean_abs_diff", "status", "error"]
+    keys = [k for k, _, _ in COLUMNS] + [k for k, _, _ in DETAIL if k != "variant"] + ["mcnemar_p", "prob_mean_abs_diff", "status", "error"]
     buf = io.StringIO()
     w = csv.writer(buf)
     w.writerow(keys)
     for r in rows:
-        w.writerow(["" if r.get(k) is None else (f"{r[k]:.6g}" if isinstance(r[k], float) else r[k]) for k in keys])
+        w.writerow(["" if r.get(k) is None else (f"{r[k]:.6g}" if isinstance(r[k], float) else
+                     " ".join(f"{x:.6g}" for x in r[k]) if isinstance(r[k], (list, tuple)) else r[k]) for k in keys])
     return buf.getvalue()
 
 

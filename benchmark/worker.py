@@ -8,6 +8,7 @@ import json
 import resource
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -50,7 +51,13 @@ class KerasModel:
         import tf_keras as keras
 
         try:
-            self.model = keras.models.load_model(str(path), compile=False)
+            if "qat" in Path(path).name:  # the QAT float source holds tfmot's fake-quant layers
+                import tensorflow_model_optimization as tfmot
+
+                with tfmot.quantization.keras.quantize_scope():
+                    self.model = keras.models.load_model(str(path), compile=False)
+            else:
+                self.model = keras.models.load_model(str(path), compile=False)
         except Exception as e:
             raise InputError(f"{path}: cannot load the trained model ({str(e).splitlines()[0][:200]})") from None
         self.size = tuple(int(d) for d in self.model.input_shape[1:3])

@@ -16,6 +16,16 @@ def main(argv=None):
     p.add_argument("--qat-epochs", type=int, default=2, help="quantization-aware fine-tuning epochs")
     p.add_argument("--qat-lr", type=float, default=1e-5)
     p.add_argument("--smoke-images", type=int, default=16, help="validation images compared with the Keras model after each conversion")
+    g = p.add_argument_group("accuracy-aware fallback (integer variants; decided on the validation split)")
+    g.add_argument("--no-fallback", dest="fallback", action="store_false",
+                   help="quantize every op, even when the variant misses the parity budget")
+    g.add_argument("--max-drop", type=float, default=1.0, help="budget: largest top-1 drop against Keras, points (default 1.0)")
+    g.add_argument("--min-agreement", type=float, default=0.98, help="budget: smallest agreement with Keras (default 0.98)")
+    g.add_argument("--fallback-cap", type=float, default=0.25,
+                   help="at most this share of the candidate ops stays float (default 0.25)")
+    p.add_argument("--onnx-calibration", choices=["minmax", "entropy", "percentile"], default="minmax",
+                   help="ONNX Runtime calibration method (default minmax: entropy and percentile measured no better "
+                        "on Leeds and are slow and memory-hungry)")
     a = p.parse_args(argv)
     try:
         from train.rundir import resolve_run
@@ -27,8 +37,14 @@ def main(argv=None):
         select(a.variants)  # an unknown name fails before any slow work
         run = resolve_run(a.run)
         log(f"run: {run.path}")
+        if not 0 < a.fallback_cap <= 1 or not 0 <= a.min_agreement <= 1 or a.max_drop < 0:
+            raise InputError("--fallback-cap must be in (0, 1], --min-agreement in [0, 1], --max-drop at least 0")
+        from .fallback import Budget
+
+        budget = Budget(a.max_drop, a.min_agreement, a.fallback_cap, a.fallback)
         manifest, failed = export_run(run, a.variants, calibration_images=a.calibration_images, qat_epochs=a.qat_epochs,
-                                      qat_lr=a.qat_lr, smoke_images=a.smoke_images)
+                                      qat_lr=a.qat_lr, smoke_images=a.smoke_images, budget=budget,
+                                      onnx_calibration=a.onnx_calibration)
     except InputError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

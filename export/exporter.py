@@ -31,8 +31,13 @@ def log(msg):
 class Context:
     """What converters need from the run, each loaded once and only when first asked for."""
 
-    def __init__(self, run, calibration_images=300, qat_epochs=2, qat_lr=1e-5, smoke_images=16, seed=0):
+    def __init__(self, run, calibration_images=300, qat_epochs=2, qat_lr=1e-5, smoke_images=16, seed=0,
+                 budget=None, onnx_calibration="minmax"):
+        from .fallback import Budget
+
         self.run = run
+        self.budget = budget or Budget()
+        self.onnx_calibration = onnx_calibration
         self.config = run.config()
         self.class_names = run.class_names()
         self.data_root = run.data_root()
@@ -63,13 +68,28 @@ class Context:
 
     @cached_property
     def calibration(self):
-        """uint8 images from the training split, evenly drawn across classes, seeded."""
+        """uint8 images from the training split, drawn evenly across classes (round robin), seeded."""
         train = sorted(self.subset("train"), key=lambda s: s.path)
         rng = np.random.default_rng(self.seed)
-        pick = train if len(train) <= self.calibration_count else [train[i] for i in sorted(
-            rng.choice(len(train), self.calibration_count, replace=False))]
-        log(f"loading {len(pick)} calibration images from the training split")
-        return self._pixels(pick)
+        by_class = {}
+        for s in train:
+            by_class.setdefault(s.label, []).append(s)
+        queues = [[group[i] for i in rng.permutation(len(group))] for _, group in sorted(by_class.items())]
+        pick = []
+        while len(pick) < min(self.calibration_count, len(train)):
+            for q in queues:
+                if q and len(pick) < self.calibration_count:
+                    pick.append(q.pop())
+        log(f"loading {len(pick)} calibration images from the training split ({len(queues)} classes, evenly drawn)")
+        return self._pixels(sorted(pick, key=lambda s: s.path))
+
+    @cached_property
+    def validation(self):
+        """(uint8 pixels, labels, Keras probabilities) of the whole validation split: what the fallback decides on."""
+        pool = sorted(self.subset("val") or self.subset("train"), key=lambda s: s.path)
+        index = {c: i for i, c in enumerate(self.class_names)}
+        pixels = self._pixels(pool)
+        return pixels, np.array([index[s.label] for s in pool]), self.model.predict(pixels.astype(np.float32), verbose=0)
 
     def representative_dataset(self):
         for img in self.calibration:

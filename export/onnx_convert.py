@@ -47,11 +47,21 @@ class _Reader:
         self.i = 0
 
 
+# Ops the accuracy-aware fallback may keep in float.
+FALLBACK_OPS = ("Conv", "MatMul", "Gemm", "Add")
+
+
 def int8(ctx, path):
+    """ONNX Runtime static quantization (QDQ, per-channel, s8 weights, u8 activations), calibrated once,
+    then the accuracy-aware fallback (export/fallback.py) with `nodes_to_exclude`."""
     import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
+    from .fallback import search
+
+    method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
+              "percentile": CalibrationMethod.Percentile}[ctx.onnx_calibration]
     work = Path(tempfile.mkdtemp(prefix="onnx-int8-"))
     try:
         source = work / "fp32.onnx"
@@ -62,12 +72,21 @@ def int8(ctx, path):
         except Exception as e:
             ctx.log(f"  quant_pre_process failed ({e}); quantizing the unprocessed graph")
             shutil.copy(source, prepped)
-        input_name = onnx.load(str(prepped), load_external_data=False).graph.input[0].name
-        quantize_static(str(prepped), str(work / "int8.onnx"), _Reader(input_name, ctx.calibration),
-                        quant_format=QuantFormat.QDQ, per_channel=True, weight_type=QuantType.QInt8,
-                        activation_type=QuantType.QUInt8, calibrate_method=CalibrationMethod.MinMax)
-        proto = onnx.load(str(work / "int8.onnx"))
+        graph = onnx.load(str(prepped), load_external_data=False).graph
+        input_name = graph.input[0].name
+        candidates = [n.name for n in graph.node if n.op_type in FALLBACK_OPS and n.name]
+        cache = work / "calibration.json"  # calibrated once; every fallback candidate reuses the ranges
+
+        def quantize(excluded, out):
+            quantize_static(str(prepped), str(out), _Reader(input_name, ctx.calibration),
+                            quant_format=QuantFormat.QDQ, per_channel=True, weight_type=QuantType.QInt8,
+                            activation_type=QuantType.QUInt8, calibrate_method=method,
+                            nodes_to_exclude=list(excluded), calibration_cache_path=str(cache))
+
+        chosen, record = search(quantize, candidates, ctx.validation, ctx.budget, work, ctx.log, ".onnx")
+        proto = onnx.load(str(chosen))
         onnx.save(_metadata(proto, ctx), str(path))
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    return {"opset": OPSET, "calibration_images": len(ctx.calibration)}
+    return {"opset": OPSET, "calibration_images": len(ctx.calibration), "calibration_method": ctx.onnx_calibration,
+            "quantization": "QDQ, per-channel symmetric int8 weights, asymmetric uint8 activations", "fallback": record}

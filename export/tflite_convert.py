@@ -52,8 +52,58 @@ def _full_integer(model, ctx, path):
     return {"calibration_images": len(ctx.calibration)}
 
 
+# Ops whose output may be kept float by the accuracy-aware fallback.
+FALLBACK_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "ADD", "MEAN")
+
+
 def int8(ctx, path):
-    return _full_integer(ctx.model, ctx, path)
+    """Post-training full integer, calibrated once; then the accuracy-aware fallback (export/fallback.py).
+
+    The calibrated float model is quantized again for each set of ops kept float, which takes
+    well under a second, so the search never repeats the expensive conversion and calibration.
+    """
+    import tempfile
+
+    from tensorflow.lite.python.convert import mlir_quantize
+
+    from .fallback import search
+
+    tf = _tf()
+    c = _converter(ctx.model)
+    c.optimizations = [tf.lite.Optimize.DEFAULT]
+    c.representative_dataset = ctx.representative_dataset
+    c._experimental_calibrate_only = True  # noqa: SLF001  (the public QuantizationDebugger does the same)
+    calibrated = c.convert()
+
+    def quantize(excluded, out):
+        # what TFLiteConverter.convert() itself calls after calibration, plus the ops kept float
+        _write(out, mlir_quantize(calibrated, input_data_type=tf.uint8, output_data_type=tf.uint8,
+                                  denylisted_nodes=excluded or None))
+
+    with tempfile.TemporaryDirectory(prefix="tflite-int8-") as work:
+        quantize([], f"{work}/probe.tflite")
+        candidates = _quantized_op_outputs(f"{work}/probe.tflite")
+        chosen, record = search(quantize, candidates, ctx.validation, ctx.budget, work, ctx.log, ".tflite")
+        _copy(chosen, path)
+    return {"calibration_images": len(ctx.calibration), "fallback": record}
+
+
+def _quantized_op_outputs(path):
+    from edge_runtime.backends import _tflite_interpreter_class
+
+    interp = _tflite_interpreter_class()(model_path=str(path))
+    names = {d["index"]: d["name"] for d in interp.get_tensor_details()}
+    return [names[op["outputs"][0]] for op in interp._get_ops_details()  # noqa: SLF001
+            if op["op_name"] in FALLBACK_OPS and op["outputs"]]
+
+
+def _copy(src, dst):
+    import shutil
+
+    shutil.copyfile(src, dst)
+
+
+QAT_SOURCE = "model-qat-source.h5"  # tfmot's layers reload from H5 (its .keras round trip drops variables)
 
 
 def qat_int8(ctx, path):
@@ -63,4 +113,12 @@ def qat_int8(ctx, path):
     out = _full_integer(qat_model, ctx, path)
     out.update(info)
     out["smoke_reference"] = qat_model  # the converter is checked against its own source: the QAT model
+    # QAT fine-tunes further, so the file's agreement says something about quantization only against
+    # this model, its float source (fake-quant nodes included); the benchmark gates it against that.
+    from edge_runtime.files import atomic_path
+
+    source = ctx.run.export_dir / QAT_SOURCE
+    with atomic_path(source, suffix=".h5") as tmp:
+        qat_model.save(str(tmp), include_optimizer=False)
+    out["reference_model"] = QAT_SOURCE
     return out

@@ -49,7 +49,8 @@ def _row(name, change, agree, status="ok"):
 
 def test_gate_fires_only_past_its_limits():
     rows = [_row("keras", 0.0, 1.0), _row("at-limits", -1.0, 0.98), _row("better", 2.0, 0.99),
-            _row("dropped", -1.6, 0.99), _row("disagrees", 0.0, 0.97), _row("broken", None, None, status="error")]
+            _row("dropped", -1.6, 0.99), _row("disagrees", 0.0, 0.97), _row("broken", None, None, status="error"),
+            _row("qat-source", -5.0, 0.5)]
     failures = gate(rows, max_drop=1.0, min_agreement=0.98)
     assert sorted(failures) == ["broken", "disagrees", "dropped"]
     assert "top-1 -1.60 points" in failures["dropped"][0]
@@ -70,8 +71,16 @@ def test_benchmark_reports_every_variant(tiny_export):
     out = tiny_export.benchmark_dir
     report = json.loads((out / "report.json").read_text())
     rows = {r["variant"]: r for r in report["rows"]}
-    assert list(rows) == ["keras", "tflite-fp32", "tflite-fp16", "tflite-dynamic", "tflite-int8", "tflite-qat-int8",
-                          "onnx-fp32", "onnx-int8"]
+    assert list(rows) == ["keras", "tflite-fp32", "tflite-fp16", "tflite-dynamic", "tflite-int8", "qat-source",
+                          "tflite-qat-int8", "onnx-fp32", "onnx-int8"]
+    # QAT's agreement is against its own float source; the others' against Keras; each with an interval
+    assert rows["tflite-qat-int8"]["agreement_reference"] == "qat-source"
+    assert rows["tflite-int8"]["agreement_reference"] == "keras"
+    for name in ("tflite-int8", "onnx-int8", "tflite-qat-int8"):
+        lo, hi = rows[name]["agreement_ci"]
+        assert lo <= rows[name]["agreement"] <= hi and rows[name]["n"] == report["context"]["test_images"]
+        lo, hi = rows[name]["top1_change_ci"]
+        assert lo - 1e-9 <= rows[name]["top1_change_points"] <= hi + 1e-9
     assert all(r["status"] == "ok" for r in rows.values())
     # the Keras figures are the training run's own test evaluation: same split, same model
     trained = json.loads(tiny_export.metrics.read_text())["test"]
@@ -91,7 +100,7 @@ def test_benchmark_reports_every_variant(tiny_export):
     assert [r["variant"] for r in table] == list(rows)
     assert float(table[4]["top1"]) == pytest.approx(rows["tflite-int8"]["top1"], abs=1e-5)
     md = (out / "report.md").read_text()
-    assert "| variant | format | precision | size MB | top-1 | Δ top-1 (pts) | agreement |" in md
+    assert "| variant | format | precision | size MB | top-1 | Δ top-1 (pts) | 95% CI | agreement | 95% CI (Wilson) |" in md
     assert all(f"| {name} |" in md for name in rows) and "## Per-class recall" in md
     for png in ("accuracy_vs_latency.png", "confusion_float_vs_int8.png"):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -122,6 +131,18 @@ def test_gate_failure_names_the_variant_and_exits_1(run_copy):
     err = [l for l in proc.stderr.splitlines() if l.startswith("error:")]
     assert len(err) == 1 and "tflite-int8" in err[0] and "checksum mismatch" in err[0] and "tflite-fp32" not in err[0].split("(")[0]
     assert run_cli(*args, "--no-gate").returncode == 0
+
+
+def test_a_missing_variant_fails_the_gate(run_copy):
+    # the manifest lists tflite-fp16 but its file is gone: it cannot prove parity, so the gate fails
+    (run_copy.export_dir / "model-fp16.tflite").unlink()
+    proc = run_cli("-m", "benchmark", "--run", str(run_copy.path), "--variants", "tflite-fp32,tflite-fp16", *FAST)
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    err = [l for l in proc.stderr.splitlines() if l.startswith("error:")]
+    assert len(err) == 1 and "tflite-fp16" in err[0] and "no export" in err[0]
+    report = json.loads((run_copy.benchmark_dir / "report.json").read_text())
+    assert {r["variant"]: r["status"] for r in report["rows"]}["tflite-fp16"] == "missing"
+    assert "tflite-fp16" in report["gate"]["failures"]
 
 
 def test_changed_or_missing_test_images_are_refused(run_copy):

@@ -25,9 +25,36 @@ def test_run_folder_holds_everything_later_stages_need(tiny_run):
         m = metrics[subset]
         assert set(m) >= {"top1", "macro_f1", "balanced_accuracy", "per_class_recall", "confusion_matrix"}
         assert set(m["per_class_recall"]) == {"blue", "green", "red"}
+    from train.probe import C_GRID
+
     history = r.history.read_text().splitlines()
-    assert history[0].startswith("phase,epoch,lr") and len(history) == 1 + 3 + 2
+    # phase 1: the head solved for every C on the grid (pretrained backbone); phase 2: 2 epochs
+    assert history[0].startswith("phase,epoch") and len(history) == 1 + len(C_GRID) + 2
+    state = r.state()
+    assert state["probe"]["C"] in C_GRID and sum(h.get("chosen", 0) for h in state["history"]) == 1
     assert r.finished
+
+
+def test_phase_one_solves_the_head_to_convergence():
+    from train.probe import fit_head
+
+    rng = np.random.default_rng(0)
+    centres = rng.normal(0, 3, (3, 16))
+    y = rng.integers(0, 3, 300)
+    x = np.abs(centres[y] + rng.normal(0, 1, (300, 16)))
+    x[:, 5] = 1e-4 * rng.random(300)  # a nearly dead feature must not get a huge weight
+    kernel, bias, rows, best = fit_head((x[:200], y[:200]), (x[200:], y[200:]), {0: 1.0, 1: 1.0, 2: 1.0}, 3,
+                                        log=lambda m: None)
+    assert all(r["converged"] for r in rows)
+    assert best["val_loss"] == min(r["val_loss"] for r in rows)
+    assert np.mean((x[200:] @ kernel + bias).argmax(1) == y[200:]) == best["val_accuracy"] >= 0.9
+    assert np.abs(kernel[5]).max() <= 10 * np.median(np.abs(kernel))
+
+
+def test_saved_model_holds_no_optimizer_state(tiny_export):
+    # the inference model is the size of its weights: about the float32 TFLite file, not three times it
+    fp32 = tiny_export.export_dir / "model-fp32.tflite"
+    assert tiny_export.model.stat().st_size <= 1.5 * fp32.stat().st_size + 200_000
 
 
 def test_tiny_model_learns_the_colours(tiny_run):

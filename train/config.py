@@ -15,7 +15,7 @@ DEMO_DEFAULTS = {"weights": "none", "image_size": "64", "epochs": 3, "batch_size
 DATA_DEFAULTS = {"weights": "imagenet", "image_size": "224", "epochs": 10, "batch_size": 32}
 
 # Options that must match for an interrupted run to be resumed.
-RESUME_KEYS = ("data_root", "csv", "backbone", "weights", "alpha", "image_size", "epochs_head", "epochs_finetune",
+RESUME_KEYS = ("data_root", "csv", "backbone", "weights", "alpha", "image_size", "head", "epochs_head", "epochs_finetune",
                "batch_size", "lr", "lr_finetune", "dropout", "unfreeze_from", "unfreeze_layers", "train_bn",
                "val_frac", "test_frac", "seed", "max_per_class", "use_class_weights", "augment", "mixed_precision")
 
@@ -41,7 +41,10 @@ def parser():
     g.add_argument("--dropout", type=float, default=0.2)
     g = p.add_argument_group("training")
     g.add_argument("--epochs", type=int, help="epochs per phase (default 10; demo 3)")
-    g.add_argument("--epochs-head", type=int, help="phase 1 epochs (head on the frozen backbone)")
+    g.add_argument("--head", choices=["probe", "sgd"], default="probe",
+                   help="phase 1 with pretrained weights: probe fits the head to convergence on cached backbone features "
+                        "(a logistic regression, C chosen on the validation split); sgd trains it for --epochs-head epochs")
+    g.add_argument("--epochs-head", type=int, help="phase 1 epochs with --head sgd or random weights; 0 skips phase 1")
     g.add_argument("--epochs-finetune", type=int, help="phase 2 epochs (deeper layers unfrozen); 0 skips phase 2")
     g.add_argument("--batch-size", type=int)
     g.add_argument("--lr", type=float, default=1e-3, help="phase 1 learning rate")

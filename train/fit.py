@@ -257,6 +257,9 @@ def _fit_and_finish(run, cfg, samples, class_names, state):
         cb_state = state.get("callbacks", {}) if resume else {}
         if resume and cb_state.get("early_stopping", {}).get("wait", 0) >= cfg["patience"]:
             start = epochs  # it had already stopped early
+        if phase == 1 and start < epochs and uses_probe(cfg):
+            _probe_phase(model, cfg, store, state, root, subset, index, class_weight, len(class_names), val_ds)
+            start = epochs
         if start < epochs:
             with strategy.scope():
                 trainable = set_phase(model, phase, cfg)
@@ -266,7 +269,7 @@ def _fit_and_finish(run, cfg, samples, class_names, state):
                     with np.load(store.path("optimizer.npz")) as z:
                         restore_optimizer(model.optimizer, model, [z[f"arr_{i}"] for i in range(len(z.files))])
                     keras.backend.set_value(model.optimizer.learning_rate, state["lr"])
-            log(f"phase {phase} ({'head only, backbone frozen' if phase == 1 else 'deeper layers unfrozen'}): "
+            log(f"phase {phase} ({phase_description(cfg, phase)}): "
                 f"{trainable:,} trainable parameters, epochs {start + 1}..{epochs}, lr {lr:g}")
             es = EarlyStopping(monitor=monitor, patience=cfg["patience"], resume_state=cb_state.get("early_stopping"))
             rlr = ReduceLROnPlateau(monitor=monitor, factor=0.3, patience=cfg["lr_patience"], min_lr=1e-7, verbose=1,
@@ -290,13 +293,55 @@ def _fit_and_finish(run, cfg, samples, class_names, state):
     _finish(run, cfg, model, subset, index, class_names, state)
 
 
+def uses_probe(cfg):
+    """Phase 1 fits the head on cached features when the backbone is pretrained (and so frozen)."""
+    return cfg.get("head", "probe") == "probe" and cfg.get("weights") not in (None, "none")
+
+
+def phase_description(cfg, phase):
+    if cfg.get("weights") in (None, "none"):
+        return "random weights: the whole network trains" + ("" if phase == 1 else ", at the lower learning rate")
+    return "head only, backbone frozen" if phase == 1 else "deeper layers unfrozen"
+
+
+def _probe_phase(model, cfg, store, state, root, subset, index, class_weight, num_classes, val_ds):
+    """Phase 1: the head as a logistic regression on the frozen backbone's features, solved to convergence."""
+    from .pipeline import dataset
+    from .probe import features, fit_head
+
+    t0 = time.time()
+    log(f"phase 1 (head only, backbone frozen): features of {len(subset['train'])} training and "
+        f"{len(subset['val'])} validation images, then the head fitted to convergence for each C")
+    train_feats = features(model, dataset(root, subset["train"], index, cfg["image_size"], cfg["batch_size"]))
+    val_feats = features(model, val_ds) if subset["val"] else (np.zeros((0, train_feats[0].shape[1])), np.zeros(0, int))
+    kernel, bias, rows, best = fit_head(train_feats, val_feats, class_weight, num_classes, log=log)
+    model.get_layer("head_dense").set_weights([kernel, bias])
+    log(f"phase 1 done in {time.time() - t0:.0f} s: C={best['C']:.3g} chosen on the validation split "
+        f"(val accuracy {best['val_accuracy'] if best['val_accuracy'] is not None else float('nan'):.3f})")
+    for row in rows:
+        row["chosen"] = int(row is best)
+        row["lr"] = None
+    state["history"].extend(rows)
+    value = best["val_loss"] if subset["val"] else best["loss"]
+    if subset["val"]:  # the same measure phase 2's early stopping watches (unweighted), so "best" compares alike
+        model.compile(loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+        value = float(model.evaluate(val_ds, verbose=0)[0])
+    store.save_weights(model, "best.npz")
+    state.update(best=value, best_epoch=len(state["history"]), probe={k: best[k] for k in ("C", "val_loss", "val_accuracy")})
+
+
 def _finish(run, cfg, model, subset, index, class_names, state):
     from .metrics import classification_metrics
     from .pipeline import dataset, labels_of
     from .plots import confusion_matrices, training_curves
 
+    import tf_keras as keras
+
+    # Inference only: an uncompiled twin sharing the layers, so no optimizer state is saved
+    # (the resume state lives in checkpoints/). The file is the size of the weights.
+    inference = keras.Model(model.inputs, model.outputs, name=model.name)
     with atomic_path(run.model, suffix=".keras") as tmp:
-        model.save(str(tmp))
+        inference.save(str(tmp))
     metrics = {}
     for name in ("val", "test"):
         if subset[name]:

@@ -35,3 +35,52 @@ def agreement(probs, reference_probs):
         "prob_mean_abs_diff": float(diff.mean()),
         "prob_max_abs_diff": float(diff.max()),
     }
+
+
+# The parity budget: the benchmark's gate and export's accuracy-aware fallback share it.
+PARITY = {"max_drop": 1.0, "min_agreement": 0.98}
+
+
+def parity_misses(drop_points, agree, max_drop=PARITY["max_drop"], min_agreement=PARITY["min_agreement"]):
+    """Reasons a variant misses the budget (empty when it holds). drop_points: its top-1 minus the reference's."""
+    reasons = []
+    if drop_points < -max_drop - 1e-9:
+        reasons.append(f"top-1 {drop_points:+.2f} points (limit -{max_drop:g})")
+    if agree < min_agreement - 1e-12:
+        reasons.append(f"agreement {agree:.3f} (limit {min_agreement:g})")
+    return reasons
+
+
+def wilson_interval(successes, n, z=1.959964):
+    """95% Wilson score interval for a rate (agreement); sound at 0 and 1, unlike the normal approximation."""
+    if n == 0:
+        return (0.0, 1.0)
+    p = successes / n
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return (float(max(0.0, centre - half)), float(min(1.0, centre + half)))
+
+
+def paired_delta_interval(correct, reference_correct, resamples=4000, seed=0):
+    """95% paired-bootstrap interval of the top-1 change in points (same images resampled for both models)."""
+    a, b = np.asarray(correct, float), np.asarray(reference_correct, float)
+    if len(a) == 0:
+        return (0.0, 0.0)
+    idx = np.random.default_rng(seed).integers(0, len(a), (resamples, len(a)))
+    deltas = 100.0 * (a[idx].mean(1) - b[idx].mean(1))
+    lo, hi = np.percentile(deltas, [2.5, 97.5])
+    return (float(lo), float(hi))
+
+
+def mcnemar_p(correct, reference_correct):
+    """Exact two-sided McNemar p-value: do the two models' errors differ more than chance on these images?"""
+    from math import comb
+
+    a, b = np.asarray(correct, bool), np.asarray(reference_correct, bool)
+    gained, lost = int(np.sum(a & ~b)), int(np.sum(~a & b))
+    n = gained + lost
+    if n == 0:
+        return 1.0
+    k = min(gained, lost)
+    return float(min(1.0, 2 * sum(comb(n, i) for i in range(k + 1)) / 2**n))

@@ -15,18 +15,37 @@ def save(fig, path):
 
 
 def training_curves(history, path):
-    """history: list of dicts with epoch, phase, loss, val_loss, accuracy, val_accuracy."""
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    epochs = [h["epoch"] for h in history]
-    for ax, key, title in ((axes[0], "loss", "loss"), (axes[1], "accuracy", "accuracy")):
-        ax.plot(epochs, [h.get(key) for h in history], "o-", label="train")
-        ax.plot(epochs, [h.get("val_" + key) for h in history], "o-", label="val")
-        boundary = [h["epoch"] for h in history if h["phase"] == 2]
-        if boundary:
-            ax.axvline(boundary[0] - 0.5, color="grey", ls="--", lw=1)
-            ax.text(boundary[0] - 0.4, ax.get_ylim()[1], " fine-tune", va="top", color="grey")
-        ax.set_xlabel("epoch")
-        ax.set_title(title)
+    """history: dicts with phase, epoch, loss, val_loss, accuracy, val_accuracy (and C for probe rows).
+
+    Probe rows (phase 1 solved as a logistic regression) are drawn against C on a panel of
+    their own; epochs of gradient descent against the epoch.
+    """
+    probe = [h for h in history if h.get("C") is not None]
+    epochs = [h for h in history if h.get("C") is None]
+    panels = ([("probe", "loss"), ("probe", "accuracy")] if probe else []) + \
+             ([("epochs", "loss"), ("epochs", "accuracy")] if epochs else [])
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4), squeeze=False)
+    for ax, (kind, key) in zip(axes[0], panels):
+        if kind == "probe":
+            cs = [h["C"] for h in probe]
+            ax.plot(cs, [h.get(key) for h in probe], "o-", label="train")
+            ax.plot(cs, [h.get("val_" + key) for h in probe], "o-", label="val")
+            chosen = [h["C"] for h in probe if h.get("chosen")]
+            if chosen:
+                ax.axvline(chosen[0], color="grey", ls="--", lw=1, label=f"chosen C={chosen[0]:.3g}")
+            ax.set_xscale("log")
+            ax.set_xlabel("C (inverse regularisation)")
+            ax.set_title(f"phase 1: head fitted to convergence, {key}")
+        else:
+            xs = list(range(1, len(epochs) + 1))
+            ax.plot(xs, [h.get(key) for h in epochs], "o-", label="train")
+            ax.plot(xs, [h.get("val_" + key) for h in epochs], "o-", label="val")
+            boundary = [i for i, h in zip(xs, epochs) if h["phase"] == 2]
+            if boundary and boundary[0] > 1:
+                ax.axvline(boundary[0] - 0.5, color="grey", ls="--", lw=1)
+                ax.text(boundary[0] - 0.4, ax.get_ylim()[1], " fine-tune", va="top", color="grey")
+            ax.set_xlabel("epoch" + (" (phase 2)" if boundary and boundary[0] == 1 else ""))
+            ax.set_title(key)
         ax.grid(alpha=0.3)
         ax.legend()
     save(fig, path)

@@ -1,0 +1,111 @@
+"""Accuracy-aware fallback: a model made fragile on purpose misses the budget fully quantized,
+and the fallback finds the op to keep float and meets it. Also the parity statistics."""
+import types
+
+import numpy as np
+import pytest
+
+from export.fallback import Budget
+from train.metrics import mcnemar_p, paired_delta_interval, parity_misses, wilson_interval
+
+SIZE = 8
+
+
+def fragile_model():
+    """Raw pixels -> 1x1 conv (three colour channels and one dead channel) -> mean -> dense softmax.
+
+    The dense kernel holds a weight of 1000 on the dead channel for every class: it never
+    contributes in float, but it sets every int8 weight scale so coarse that the real weights
+    (3, under half of 1000/127) round to zero and the quantized head predicts from the bias alone.
+    """
+    import tf_keras as keras
+
+    inp = keras.Input((SIZE, SIZE, 3), name="image")
+    conv = keras.layers.Conv2D(4, 1, activation="relu", name="colours")
+    x = conv(inp)
+    x = keras.layers.GlobalAveragePooling2D(name="head_pool")(x)
+    dense = keras.layers.Dense(3, activation="softmax", name="head_dense")
+    out = dense(x)
+    model = keras.Model(inp, out)
+    k = np.zeros((1, 1, 3, 4), np.float32)
+    k[0, 0, [0, 1, 2], [0, 1, 2]] = 1.0 / 255  # channel 3 stays dead (weights 0, bias 0, ReLU)
+    conv.set_weights([k, np.zeros(4, np.float32)])
+    w = np.zeros((4, 3), np.float32)
+    w[[0, 1, 2], [0, 1, 2]] = 3.0
+    w[3, :] = 1000.0
+    dense.set_weights([w, np.array([0.3, 0.0, -0.3], np.float32)])
+    return model
+
+
+def colour_images(n, seed):
+    """Plain images whose strongest channel beats the others clearly: the float model is sure of them."""
+    rng = np.random.default_rng(seed)
+    cls = rng.integers(0, 3, n)
+    colours = rng.integers(0, 110, (n, 3))
+    colours[np.arange(n), cls] = rng.integers(200, 256, n)
+    return np.broadcast_to(colours[:, None, None, :], (n, SIZE, SIZE, 3)).astype(np.uint8).copy()
+
+
+def context(model, budget):
+    cal = colour_images(40, 1)
+    val = colour_images(60, 2)
+    probs = model.predict(val.astype(np.float32), verbose=0)
+    ctx = types.SimpleNamespace(model=model, calibration=cal, budget=budget, log=print, onnx_calibration="minmax",
+                                class_names=["r", "g", "b"], validation=(val, probs.argmax(1), probs),
+                                config={"image_size": [SIZE, SIZE], "preprocessing": {"input_size": [SIZE, SIZE]}})
+    ctx.representative_dataset = lambda: ([img[None].astype(np.float32)] for img in cal)
+    return ctx
+
+
+@pytest.mark.parametrize("fmt", ["tflite", "onnx"])
+def test_fallback_keeps_the_fragile_op_float_and_meets_the_budget(fmt, tmp_path):
+    from edge_runtime import Classifier
+    from export import onnx_convert, tflite_convert
+
+    convert = {"tflite": tflite_convert.int8, "onnx": onnx_convert.int8}[fmt]
+    model = fragile_model()
+    ctx = context(model, Budget())
+    out = tmp_path / f"model.{fmt}"
+    record = convert(ctx, out)["fallback"]
+    before, after = record["validation_before"], record["validation_after"]
+    assert before["agreement"] < 0.9, before  # fully quantized, the head has lost its weights
+    assert record["met_budget"] and after["agreement"] >= 0.98 and after["top1_change_points"] >= -1.0, record
+    assert 1 <= len(record["kept_float"]) <= max(1, int(0.25 * record["candidate_ops"]))
+    assert any("head_dense" in op or "MatMul" in op or "Gemm" in op for op in record["kept_float"]), record["kept_float"]
+    # the written file is the one that was measured
+    val, labels, _ = ctx.validation
+    probs = Classifier(out, verify=False).probabilities(val)
+    assert np.mean(probs.argmax(1) == labels) >= 0.98
+
+    # --no-fallback writes the fully quantized file and says it misses
+    ctx.budget = Budget(enabled=False)
+    record = convert(ctx, tmp_path / f"plain.{fmt}")["fallback"]
+    assert record["kept_float"] == [] and not record["met_budget"]
+
+
+def test_a_model_within_budget_is_left_fully_quantized(tmp_path):
+    from export import tflite_convert
+
+    model = fragile_model()
+    w, b = model.get_layer("head_dense").get_weights()
+    w[3, :] = 0.0  # no outlier: int8 keeps the head
+    model.get_layer("head_dense").set_weights([w, b])
+    record = tflite_convert.int8(context(model, Budget()), tmp_path / "m.tflite")["fallback"]
+    assert record["met_budget"] and record["kept_float"] == [] and record["validation_before"]["agreement"] >= 0.98
+
+
+def test_parity_budget_and_intervals():
+    assert parity_misses(-1.0, 0.98) == []
+    assert parity_misses(-1.2, 0.99)[0].startswith("top-1 -1.20")
+    assert parity_misses(0.0, 0.979)[0].startswith("agreement 0.979")
+    lo, hi = wilson_interval(123, 125)
+    assert lo == pytest.approx(0.9434, abs=2e-3) and hi == pytest.approx(0.9956, abs=2e-3)
+    assert wilson_interval(125, 125)[1] == 1.0 and wilson_interval(125, 125)[0] < 1.0
+    same = np.array([True] * 90 + [False] * 10)
+    assert paired_delta_interval(same, same) == (0.0, 0.0)
+    worse = same.copy()
+    worse[:5] = False
+    lo, hi = paired_delta_interval(worse, same)
+    assert lo < -5.0 < hi <= 0.0
+    assert mcnemar_p(worse, same) == pytest.approx(2 / 32)  # 5 lost, 0 gained: 2 * 0.5**5
+    assert mcnemar_p(same, same) == 1.0

@@ -1,0 +1,87 @@
+"""python -m train.ablation --data DIR [--seeds 0,1,2] [--only name,...] -- [options for every run]
+
+Trains the default recipe and one change at a time, each over several seeds (the seed also
+draws the split), and writes runs/ablation/<tag>/ablation.md and .json: test top-1 and
+macro-F1 as mean and standard deviation over seeds. Finished runs are reused, so an
+interrupted ablation picks up where it stopped.
+"""
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from edge_runtime.errors import exit_code
+from edge_runtime.files import write_json, write_text
+
+# (name, what it changes, extra flags). The first row is the default recipe.
+CHOICES = (
+    ("default", "the default recipe", []),
+    ("no-finetune", "phase 1 only (no phase 2)", ["--epochs-finetune", "0"]),
+    ("sgd-head", "phase 1 as 10 epochs of Adam (lr 1e-3) instead of the converged probe", ["--head", "sgd", "--epochs-head", "10"]),
+    ("train-bn", "phase 2 also trains BatchNorm", ["--train-bn"]),
+    ("unfreeze-more", "phase 2 unfreezes from conv_dw_8 (mobilenet) instead of conv_dw_12", ["--unfreeze-from", "conv_dw_8"]),
+    ("no-augment", "no augmentation", ["--augment", "0"]),
+    ("lr-3e-4", "phase 2 learning rate 3e-4 instead of 1e-4", ["--lr-finetune", "3e-4"]),
+)
+
+
+def stats(values):
+    return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0,
+            "values": values}
+
+
+def run_one(data, run, seed, flags, common):
+    metrics = run / "metrics.json"
+    if not metrics.exists():
+        cmd = [sys.executable, "-m", "train", "--data", str(data), "--run", str(run), "--seed", str(seed), *common, *flags]
+        print(f"[ablation] {' '.join(cmd[2:])}", flush=True)
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise RuntimeError(f"{run}: training failed: {proc.stderr.strip().splitlines()[-1:]}")
+    return json.loads(metrics.read_text())["test"]
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    common = argv[argv.index("--") + 1:] if "--" in argv else []
+    argv = argv[: argv.index("--")] if "--" in argv else argv
+    p = argparse.ArgumentParser(prog="python -m train.ablation", description=__doc__.splitlines()[0])
+    p.add_argument("--data", required=True)
+    p.add_argument("--tag", default="leeds", help="runs/ablation/<tag>/")
+    p.add_argument("--seeds", default="0,1,2")
+    p.add_argument("--only", help="comma-separated subset of: " + ", ".join(c[0] for c in CHOICES))
+    a = p.parse_args(argv)
+    seeds = [int(s) for s in a.seeds.split(",")]
+    chosen = [c for c in CHOICES if not a.only or c[0] in a.only.split(",")]
+    out = Path("runs") / "ablation" / a.tag
+
+    def body():
+        results = []
+        for name, what, flags in chosen:
+            t0 = time.time()
+            tests = [run_one(a.data, out / f"{name}-s{s}", s, flags, common) for s in seeds]
+            row = {"name": name, "change": what, "flags": flags, "seeds": seeds,
+                   "top1": stats([t["top1"] for t in tests]), "macro_f1": stats([t["macro_f1"] for t in tests]),
+                   "test_images": tests[0]["n"], "seconds": round(time.time() - t0)}
+            results.append(row)
+            print(f"[ablation] {name}: top-1 {row['top1']['mean']:.3f} ± {row['top1']['std']:.3f}", flush=True)
+        command = "python -m train.ablation " + " ".join(sys.argv[1:] if argv is None else argv)
+        write_json(out / "ablation.json", {"command": command, "common": common, "rows": results})
+        lines = [f"Command: `{command}`", "", f"Test top-1 and macro-F1 over seeds {a.seeds} "
+                 f"({results[0]['test_images']} test images per seed; the seed also draws the split).", "",
+                 "| choice | change | test top-1 (mean ± sd) | macro-F1 (mean ± sd) | per seed top-1 |", "|---|---|---|---|---|"]
+        for r in results:
+            lines.append(f"| {r['name']} | {r['change']} | {r['top1']['mean']:.3f} ± {r['top1']['std']:.3f} | "
+                         f"{r['macro_f1']['mean']:.3f} ± {r['macro_f1']['std']:.3f} | "
+                         + ", ".join(f"{v:.3f}" for v in r["top1"]["values"]) + " |")
+        write_text(out / "ablation.md", "\n".join(lines) + "\n")
+        print("\n".join(lines))
+
+    return exit_code(body)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
