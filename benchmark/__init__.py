@@ -1,5 +1,2 @@
 """benchmark: accuracy and latency parity of every exported variant against the run's Keras model."""
-import os
-
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+import train  # noqa: F401  (sets the TensorFlow environment before any worker loads TensorFlow)

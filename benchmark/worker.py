@@ -44,8 +44,9 @@ class KerasModel:
     """The run's full float32 Keras model on TensorFlow: the reference."""
 
     def __init__(self, path, threads):
-        import tensorflow as tf
+        from train import import_tensorflow
 
+        tf = import_tensorflow()
         tf.config.threading.set_intra_op_parallelism_threads(threads)
         tf.config.threading.set_inter_op_parallelism_threads(1 if threads == 1 else 0)
         import tf_keras as keras

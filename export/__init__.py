@@ -1,5 +1,2 @@
 """export: turn a training run into deployable TFLite and ONNX variants, listed in a manifest."""
-import os
-
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+import train  # noqa: F401  (sets the TensorFlow environment before anything imports it)

@@ -59,6 +59,9 @@ class Context:
 
     @cached_property
     def model(self):
+        from train import import_tensorflow
+
+        import_tensorflow()
         import tf_keras as keras
 
         try:

@@ -142,7 +142,8 @@ def test_interrupted_training_resumes_from_last_checkpoint(tmp_path, tiny_data, 
     from train.__main__ import main
 
     run = tmp_path / "resumable"
-    args = ["--data", str(tiny_data), "--run", str(run), *TINY_ARGS]
+    # --head sgd: phase 1 as epochs, so the interruption falls inside a phase (the probe has no epochs)
+    args = ["--data", str(tiny_data), "--run", str(run), *TINY_ARGS, "--head", "sgd"]
     original = callbacks.EpochCheckpoint.on_epoch_end
     calls = {"n": 0}
 

@@ -1,6 +1,39 @@
-"""train: fine-tune a keras.applications backbone into a self-contained run folder."""
+"""train: fine-tune a keras.applications backbone into a self-contained run folder.
+
+Importing this package sets TensorFlow's environment for the whole project (export and
+benchmark import it too): Keras 2 through tf_keras, and quiet start-up on machines without a GPU.
+"""
 import os
+import sys
 
 # tensorflow-model-optimization needs Keras 2 (tf_keras); this must precede any TF import.
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+if not os.path.exists("/dev/nvidia0") and not os.path.exists("/dev/nvidiactl"):
+    # No NVIDIA device: hide CUDA so TensorFlow does not print "failed call to cuInit ... (303)",
+    # an error line that only means "no GPU here". Machines with a GPU are left alone.
+    os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
+
+
+def import_tensorflow():
+    """TensorFlow, imported with its C++ start-up chatter (written to fd 2 before its logging is
+    configured) kept off the terminal. A failing import still raises, after stderr is restored."""
+    if "tensorflow" in sys.modules:
+        return sys.modules["tensorflow"]
+    saved, null = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    try:
+        sys.stderr.flush()
+        os.dup2(null, 2)
+        import tensorflow as tf
+        tf.config.list_physical_devices("GPU")  # the CUDA probe, also chatty, while stderr is quiet
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(null)
+    return tf
+
+
+def device_summary():
+    tf = import_tensorflow()
+    gpus = tf.config.list_physical_devices("GPU")
+    return f"{len(gpus)} GPU(s): {', '.join(g.name for g in gpus)}" if gpus else "the CPU (no GPU found)"

@@ -11,8 +11,12 @@ from edge_runtime.errors import InputError
 from .backbones import BACKBONES
 
 # Options whose default depends on whether we train the demo or user data.
-DEMO_DEFAULTS = {"weights": "none", "image_size": "64", "epochs": 3, "batch_size": 32}
-DATA_DEFAULTS = {"weights": "imagenet", "image_size": "224", "epochs": 10, "batch_size": 32}
+# The demo trains ResNet-50 from random weights on 8x8-pixel digits: 32 px loses nothing, no augmentation
+# (a flipped or rotated digit is another digit), and enough epochs, with patient schedules, to converge.
+DEMO_DEFAULTS = {"weights": "none", "image_size": "32", "epochs_head": 30, "epochs_finetune": 5, "batch_size": 32,
+                 "augment": 0.0, "patience": 8, "lr_patience": 4}
+DATA_DEFAULTS = {"weights": "imagenet", "image_size": "224", "epochs_head": 10, "epochs_finetune": 10, "batch_size": 32,
+                 "augment": 1.0, "patience": 4, "lr_patience": 2}
 
 # Options that must match for an interrupted run to be resumed.
 RESUME_KEYS = ("data_root", "csv", "backbone", "weights", "alpha", "image_size", "head", "epochs_head", "epochs_finetune",
@@ -32,7 +36,7 @@ def parser():
     g.add_argument("--test-frac", type=float, default=0.15)
     g.add_argument("--max-per-class", type=int, default=0, help="undersample: cap images per class in the training split (0: no cap)")
     g.add_argument("--no-class-weights", dest="use_class_weights", action="store_false", help="do not weight the loss by class frequency")
-    g.add_argument("--augment", type=float, default=1.0, help="augmentation strength (0 turns it off)")
+    g.add_argument("--augment", type=float, help="augmentation strength, 0 turns it off (default 1; demo 0)")
     g = p.add_argument_group("model")
     g.add_argument("--backbone", default="resnet50", choices=sorted(BACKBONES))
     g.add_argument("--weights", help="imagenet, none, or a local .h5 file of backbone weights (no top)")
@@ -40,7 +44,7 @@ def parser():
     g.add_argument("--image-size", help="input size: N or HxW, 32 and up (default 224; demo 64)")
     g.add_argument("--dropout", type=float, default=0.2)
     g = p.add_argument_group("training")
-    g.add_argument("--epochs", type=int, help="epochs per phase (default 10; demo 3)")
+    g.add_argument("--epochs", type=int, help="epochs per phase (default 10; demo 30 then 5)")
     g.add_argument("--head", choices=["probe", "sgd"], default="probe",
                    help="phase 1 with pretrained weights: probe fits the head to convergence on cached backbone features "
                         "(a logistic regression, C chosen on the validation split); sgd trains it for --epochs-head epochs")
@@ -53,8 +57,8 @@ def parser():
     g.add_argument("--unfreeze-layers", type=int, help="phase 2 trains the last N backbone layers instead")
     g.add_argument("--train-bn", action=argparse.BooleanOptionalAction, default=None,
                    help="let BatchNorm layers train in phase 2 (default: frozen; trained when --weights none)")
-    g.add_argument("--patience", type=int, default=4, help="early stopping patience (epochs)")
-    g.add_argument("--lr-patience", type=int, default=2, help="epochs without improvement before the learning rate is cut")
+    g.add_argument("--patience", type=int, help="early stopping patience in epochs (default 4; demo 8)")
+    g.add_argument("--lr-patience", type=int, help="epochs without improvement before the learning rate is cut (default 2; demo 4)")
     g.add_argument("--seed", type=int, default=0)
     g = p.add_argument_group("hardware")
     g.add_argument("--mixed-precision", action="store_true", help="mixed_float16 compute (GPU), float32 softmax")
@@ -85,9 +89,10 @@ def resolve(args, demo):
     cfg = {k: v for k, v in vars(args).items() if k not in ("overwrite",)}
     cfg["weights"] = args.weights or d["weights"]
     cfg["image_size"] = parse_size(args.image_size or d["image_size"])
-    epochs = args.epochs if args.epochs is not None else d["epochs"]
-    cfg["epochs_head"] = args.epochs_head if args.epochs_head is not None else epochs
-    cfg["epochs_finetune"] = args.epochs_finetune if args.epochs_finetune is not None else epochs
+    cfg["epochs_head"] = next(e for e in (args.epochs_head, args.epochs, d["epochs_head"]) if e is not None)
+    cfg["epochs_finetune"] = next(e for e in (args.epochs_finetune, args.epochs, d["epochs_finetune"]) if e is not None)
+    for key in ("augment", "patience", "lr_patience"):
+        cfg[key] = getattr(args, key) if getattr(args, key) is not None else d[key]
     cfg["batch_size"] = args.batch_size or d["batch_size"]
     cfg.pop("epochs")
     if cfg["epochs_head"] < 0 or cfg["epochs_finetune"] < 0 or cfg["epochs_head"] + cfg["epochs_finetune"] < 1:

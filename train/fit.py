@@ -211,7 +211,10 @@ def train(args):
 
 
 def _fit_and_finish(run, cfg, samples, class_names, state):
-    import tensorflow as tf
+    from . import device_summary, import_tensorflow
+
+    import_tensorflow()
+    log(f"training runs on {device_summary()}")
     import tf_keras as keras
 
     from .augment import augmenter, preview
