@@ -46,6 +46,7 @@ def run_one(data, run, seed, flags, common):
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
+    command = "python -m train.ablation " + " ".join(argv)
     common = argv[argv.index("--") + 1:] if "--" in argv else []
     argv = argv[: argv.index("--")] if "--" in argv else argv
     p = argparse.ArgumentParser(prog="python -m train.ablation", description=__doc__.splitlines()[0])
@@ -68,7 +69,6 @@ def main(argv=None):
                    "test_images": tests[0]["n"], "seconds": round(time.time() - t0)}
             results.append(row)
             print(f"[ablation] {name}: top-1 {row['top1']['mean']:.3f} ± {row['top1']['std']:.3f}", flush=True)
-        command = "python -m train.ablation " + " ".join(sys.argv[1:] if argv is None else argv)
         write_json(out / "ablation.json", {"command": command, "common": common, "rows": results})
         lines = [f"Command: `{command}`", "", f"Test top-1 and macro-F1 over seeds {a.seeds} "
                  f"({results[0]['test_images']} test images per seed; the seed also draws the split).", "",

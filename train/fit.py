@@ -206,6 +206,11 @@ def train(args):
             f"split train/val/test = {sum(report['split']['train'].values())}/{sum(report['split']['val'].values())}/"
             f"{sum(report['split']['test'].values())}")
     log(f"run folder: {run.path}")
+    if cfg.get("logical_cpus", 0) > 1 or cfg.get("strategy") == "multiworker" or os.environ.get("TF_CONFIG"):
+        # Several CPU replicas: the last, partial batch leaves one replica an empty batch, and oneDNN's
+        # depthwise kernels on AVX-512 machines then fail ("input depth must be evenly divisible by filter
+        # depth: 3 vs 8"; measured here, fine with oneDNN off). Must be set before TensorFlow loads.
+        os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
     _fit_and_finish(run, cfg, samples, class_names, state)
     return run
 
