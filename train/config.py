@@ -13,7 +13,7 @@ from .backbones import BACKBONES
 # Options whose default depends on whether we train the demo or user data.
 # The demo trains ResNet-50 from random weights on 8x8-pixel digits: 32 px loses nothing, no augmentation
 # (a flipped or rotated digit is another digit), and enough epochs, with patient schedules, to converge.
-DEMO_DEFAULTS = {"weights": "none", "image_size": "32", "epochs_head": 30, "epochs_finetune": 5, "batch_size": 32,
+DEMO_DEFAULTS = {"weights": "none", "image_size": "32", "epochs_head": 30, "epochs_finetune": 15, "batch_size": 32,
                  "augment": 0.0, "patience": 8, "lr_patience": 4}
 DATA_DEFAULTS = {"weights": "imagenet", "image_size": "224", "epochs_head": 10, "epochs_finetune": 10, "batch_size": 32,
                  "augment": 1.0, "patience": 4, "lr_patience": 2}
@@ -44,7 +44,7 @@ def parser():
     g.add_argument("--image-size", help="input size: N or HxW, 32 and up (default 224; demo 64)")
     g.add_argument("--dropout", type=float, default=0.2)
     g = p.add_argument_group("training")
-    g.add_argument("--epochs", type=int, help="epochs per phase (default 10; demo 30 then 5)")
+    g.add_argument("--epochs", type=int, help="epochs per phase (default 10; demo 30 then 15)")
     g.add_argument("--head", choices=["probe", "sgd"], default="probe",
                    help="phase 1 with pretrained weights: probe fits the head to convergence on cached backbone features "
                         "(a logistic regression, C chosen on the validation split); sgd trains it for --epochs-head epochs")
