@@ -1,6 +1,6 @@
 # make train export benchmark   -- the whole pipeline (demo dataset unless DATA is given)
 # make test                     -- the test suite, slow tests on the Leeds butterflies included
-# make bundle VARIANT=tflite-int8 -- dist/<run>-<variant>.tar.gz for a Raspberry Pi
+# make bundle                   -- dist/<run>-<variant>.tar.gz for a Raspberry Pi (the fastest passing variant)
 # Every target creates .venv first when it is missing.
 
 PYTHON    ?= python3
@@ -60,34 +60,41 @@ BENCH_OPTS = $(call opt,--run,$(RUN)) $(call opt,--variants,$(VARIANTS)) $(call 
 
 .PHONY: setup train export benchmark test test-fast bundle preview-augment clean
 
-setup: $(STAMP)
+# GPU=1 adds TensorFlow's CUDA wheels, also to an environment that already exists (its own stamp).
+GPU_STAMP := $(VENV)/.installed-gpu
+ENV := $(STAMP) $(if $(filter 1 yes true,$(GPU)),$(GPU_STAMP))
+
+setup: $(ENV)
 
 $(STAMP): requirements.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -r requirements.txt
-	$(if $(filter 1 yes true,$(GPU)),$(PY) -m pip install --quiet "tensorflow[and-cuda]==$$(grep '^tensorflow==' requirements.txt | cut -d= -f3)")
 	touch $(STAMP)
 
-train: $(STAMP)
+$(GPU_STAMP): $(STAMP)
+	$(PY) -m pip install --quiet "tensorflow[and-cuda]==$$(grep '^tensorflow==' requirements.txt | cut -d= -f3)"
+	touch $(GPU_STAMP)
+
+train: $(ENV)
 	$(PY) -m train $(TRAIN_OPTS)
 
-preview-augment: $(STAMP)
+preview-augment: $(ENV)
 	$(PY) -m train preview-augment $(call opt,--data,$(DATA)) $(call opt,--image-size,$(IMG_SIZE)) $(call opt,--augment,$(AUGMENT))
 
-export: $(STAMP)
+export: $(ENV)
 	$(PY) -m export $(EXPORT_OPTS)
 
-benchmark: $(STAMP)
+benchmark: $(ENV)
 	$(PY) -m benchmark $(BENCH_OPTS)
 
-bundle: $(STAMP)
+bundle: $(ENV)
 	$(PY) -m export.bundle $(call opt,--run,$(RUN)) $(call opt,--variant,$(VARIANT))
 
-test: $(STAMP)
+test: $(ENV)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-test-fast: $(STAMP)
+test-fast: $(ENV)
 	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
 
 clean:

@@ -4,7 +4,7 @@ import shlex
 import sys
 
 from . import __name__ as _pkg  # noqa: F401  (sets TF_USE_LEGACY_KERAS before any worker loads TensorFlow)
-from edge_runtime.errors import InputError
+from edge_runtime.errors import InputError, exit_code
 
 from .timing import DEFAULTS
 
@@ -25,6 +25,8 @@ def parser():
     g.add_argument("--min-runs", type=int, default=DEFAULTS["min_runs"],
                    help="timed calls per latency figure, at least (default %(default)s)")
     g.add_argument("--min-seconds", type=float, default=DEFAULTS["min_seconds"], help="and at least this long (default %(default)s)")
+    g.add_argument("--ci", type=float, default=DEFAULTS["ci"],
+                   help="then stop once the median's 95%% interval is within this fraction of it (default %(default)s)")
     g.add_argument("--max-seconds", type=float, default=DEFAULTS["max_seconds"],
                    help="but no longer than this per figure (default %(default)s)")
     return p
@@ -32,7 +34,8 @@ def parser():
 
 def main(argv=None):
     args = parser().parse_args(argv)
-    try:
+
+    def body():
         from export.variants import select
         from train.fit import package_versions
         from train.rundir import resolve_run
@@ -47,7 +50,7 @@ def main(argv=None):
         select(args.variants)  # an unknown name fails before any slow work
         run = resolve_run(args.run)
         timing = {"warmup": args.warmup, "min_runs": args.min_runs, "min_seconds": args.min_seconds,
-                  "max_seconds": args.max_seconds}
+                  "ci": args.ci, "max_seconds": args.max_seconds}
         rows, context = measure_all(run, args.variants, batch=args.batch, timing=timing, threads=args.threads)
         failures = gate(rows, args.max_drop, args.min_agreement)
         verdict = {"max_drop": args.max_drop, "min_agreement": args.min_agreement, "enforced": args.enforce,
@@ -55,21 +58,20 @@ def main(argv=None):
         versions = package_versions(("tensorflow", "tf-keras", "ai-edge-litert", "onnxruntime", "numpy", "Pillow"))
         command = "python -m benchmark " + " ".join(shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
         report.write(run, rows, context, verdict, versions, command)
-    except InputError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    out = run.benchmark_dir
-    log(f"report: {out / 'report.md'} (+ report.json, report.csv, accuracy_vs_latency.png, confusion_float_vs_int8.png)")
-    print((out / "report.md").read_text().split("\n\n")[2], flush=True)  # the headline table
-    if failures:
-        msg = "; ".join(f"{k}: {', '.join(v)}" for k, v in failures.items())
-        if args.enforce:
-            print(f"error: parity gate failed for {', '.join(failures)} ({msg})", file=sys.stderr)
-            return 1
-        log(f"parity misses (not enforced, --no-gate): {msg}")
-    else:
-        log("parity gate passed")
-    return 0
+        out = run.benchmark_dir
+        log(f"report: {out / 'report.md'} (+ report.json, report.csv, accuracy_vs_latency.png, confusion_float_vs_int8.png)")
+        print((out / "report.md").read_text().split("\n\n")[2], flush=True)  # the headline table
+        if failures:
+            msg = "; ".join(f"{k}: {', '.join(v)}" for k, v in failures.items())
+            if args.enforce:
+                print(f"error: parity gate failed for {', '.join(failures)} ({msg})", file=sys.stderr)
+                return 1
+            log(f"parity misses (not enforced, --no-gate): {msg}")
+        else:
+            log("parity gate passed")
+        return 0
+
+    return exit_code(body)
 
 
 if __name__ == "__main__":

@@ -139,7 +139,16 @@ def measure_all(run, variant_names=None, batch=16, timing=None, threads=None):
     for name, why in unavailable.items():  # asked for but not there: it fails the gate, it is not skipped
         v = next(v for v in select(variant_names) if v.name == name)
         rows.append({"variant": name, "format": v.format, "precision": v.precision, "status": "missing", "error": why})
-    order = [REFERENCE] + [n for v in select(variant_names) for n in ((QAT_SOURCE, v.name) if v.name == "tflite-qat-int8" else (v.name,))]
+    # report order: the measured rows as targets() gave them (a reference before its variant), with
+    # the missing variants at their place in the variant table
+    order, pending = [], [c[0] for c in chosen]
+    for v in select(variant_names):
+        if v.name in pending:
+            k = pending.index(v.name) + 1
+            order, pending = order + pending[:k], pending[k:]
+        else:
+            order.append(v.name)
+    order += pending
     rows.sort(key=lambda r: order.index(r["variant"]) if r["variant"] in order else len(order))
     ref = next((r for r in rows if r["variant"] == REFERENCE and r["status"] == "ok"), None)
     if ref is None:
@@ -156,6 +165,7 @@ def timings(full, single, cores):
     rt, rt1, bare = full["runtime"], single["runtime"], full["bare"]
     return {
         "p50_ms": rt["p50_ms"], "p90_ms": rt["p90_ms"], "p99_ms": rt["p99_ms"], "latency_runs": rt["runs"],
+        "p50_ci_ms": rt.get("p50_ci_ms"), "p50_ci_relative": rt.get("p50_ci_relative"),
         "p50_ms_1thread": rt1["p50_ms"], "p90_ms_1thread": rt1["p90_ms"], "p99_ms_1thread": rt1["p99_ms"],
         "bare_p50_ms": bare["p50_ms"], "bare_p50_ms_1thread": single["bare"]["p50_ms"],
         "runtime_overhead_pct": 100.0 * (rt["p50_ms"] / bare["p50_ms"] - 1) if bare["p50_ms"] > 0 else None,
@@ -199,3 +209,23 @@ def gate(rows, max_drop=PARITY["max_drop"], min_agreement=PARITY["min_agreement"
         if reasons:
             failures[r["variant"]] = reasons
     return failures
+
+
+def recommend(rows, failures):
+    """One pick per goal among the deployable variants that pass the gate, on this machine:
+    {"fastest" | "smallest" | "most_accurate": {"variant", "why"}}; empty when none passes."""
+    passing = [r for r in rows if r["status"] == "ok" and r["variant"] not in (REFERENCE, QAT_SOURCE)
+               and r["variant"] not in failures]
+    if not passing:
+        return {}
+
+    def figures(r):
+        return (f"p50 {r['p50_ms']:.2f} ms ({r['p50_ms_1thread']:.2f} ms at 1 thread), "
+                f"{r['size_mb']:.1f} MB, top-1 {r['top1']:.3f} ({r['top1_change_points']:+.1f} pts), "
+                f"agreement {r['agreement']:.3f}")
+
+    fastest = min(passing, key=lambda r: (r["p50_ms"], r["size_mb"]))
+    smallest = min(passing, key=lambda r: (r["size_mb"], r["p50_ms"]))
+    accurate = max(passing, key=lambda r: (r["top1"], r["agreement"], -r["p50_ms"]))
+    return {goal: {"variant": r["variant"], "why": figures(r)}
+            for goal, r in (("fastest", fastest), ("smallest", smallest), ("most_accurate", accurate))}

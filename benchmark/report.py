@@ -8,7 +8,7 @@ from datetime import datetime, timezone
 
 from edge_runtime.files import write_json, write_text
 
-from .evaluate import REFERENCE
+from .evaluate import REFERENCE, recommend
 
 # The headline table: the same columns in Markdown and CSV.
 COLUMNS = [  # (key, header, format)
@@ -22,7 +22,8 @@ COLUMNS = [  # (key, header, format)
 DETAIL = [
     ("variant", "variant", "{}"), ("p50_ms_1thread", "p50 ms, 1 thread", "{:.2f}"),
     ("p90_ms_1thread", "p90, 1 thread", "{:.2f}"), ("p99_ms_1thread", "p99, 1 thread", "{:.2f}"),
-    ("p99_ms", "p99 ms", "{:.2f}"), ("bare_p50_ms", "bare p50 ms", "{:.2f}"),
+    ("p99_ms", "p99 ms", "{:.2f}"), ("latency_runs", "timed runs", "{}"),
+    ("p50_ci_relative", "p50 95% CI ±", "{:.1%}"), ("bare_p50_ms", "bare p50 ms", "{:.2f}"),
     ("runtime_overhead_pct", "runtime overhead %", "{:+.1f}"), ("end_to_end_p50_ms", "end-to-end p50 ms", "{:.2f}"),
     ("throughput_images_per_s", "throughput img/s", "{:.1f}"), ("load_seconds", "load s", "{:.2f}"),
     ("peak_rss_mb", "peak memory MB", "{:.0f}"), ("top5", "top-5", "{:.3f}"),
@@ -66,7 +67,9 @@ def markdown(report):
            f"{ctx['test_images']} held-out test images of the run's split, {len(ctx['classes'])} classes; the same "
            f"uint8 pixels reach every model. Exported models run through `edge_runtime`, the code that ships. "
            f"Latency is per image at batch 1 after {ctx['timing']['warmup']} warm-up calls, through the runtime "
-           f"(quantize, infer, dequantize), with {ctx['threads'][-1]} threads unless marked 1 thread.", "",
+           f"(quantize, infer, dequantize), with {ctx['threads'][-1]} threads unless marked 1 thread; timing stops once "
+           f"the p50's 95% interval is within ±{100 * ctx['timing'].get('ci', 0):g}% of it "
+           f"(at most {ctx['timing']['max_seconds']:g} s per figure).", "",
            _table(rows, COLUMNS), "",
            f"Δ top-1 is against the Keras model on the same {ctx['test_images']} images, with a 95% paired-bootstrap "
            f"interval; agreement is the share of images on which a variant predicts the class of the model it was "
@@ -76,6 +79,14 @@ def markdown(report):
            f"against the source model; a missing or unmeasurable variant fails): " + ("passed" if not gate["failures"] else
                                             "FAILED: " + "; ".join(f"{k}: {', '.join(v)}" for k, v in gate["failures"].items()))
            + (" (reported only: --no-gate)" if not gate["enforced"] else ""), ""]
+    rec = report.get("recommendation") or {}
+    out += ["## Which file to deploy on this machine", ""]
+    if rec:
+        out += [f"- **{label}** passing the gate: `{rec[goal]['variant']}`: {rec[goal]['why']}"
+                for goal, label in (("fastest", "Fastest"), ("smallest", "Smallest"), ("most_accurate", "Most accurate"))]
+        out += ["", f"`make bundle RUN={report['run']}` packs the fastest; pass `VARIANT=` for another.", ""]
+    else:
+        out += ["No exported variant passes the gate, so none is recommended.", ""]
     if ctx["unavailable"]:
         out += ["Not benchmarked (no good export): " + ", ".join(f"{k} ({v})" for k, v in ctx["unavailable"].items()), ""]
     errors = [r for r in rows if r["status"] != "ok"]
@@ -120,8 +131,6 @@ def plot_accuracy_vs_latency(rows, path, max_drop):
     for r in ok:
         ax.scatter(r["p50_ms"], 100 * r["top1"], s=30 + 8 * r["size_mb"], alpha=0.6, color=colors.get(r["format"], "grey"),
                    edgecolors="black", linewidths=0.5)
-        ax.annotate(f"{r['variant']}\n{r['size_mb']:.1f} MB", (r["p50_ms"], 100 * r["top1"]), fontsize=7,
-                    xytext=(6, 4), textcoords="offset points")
     ref = next((r for r in ok if r["variant"] == REFERENCE), None)
     if ref:
         top = max(100 * r["top1"] for r in ok) + 0.5
@@ -129,6 +138,9 @@ def plot_accuracy_vs_latency(rows, path, max_drop):
                    label=f"top-1 passes the gate (at most {max_drop:g} point(s) below Keras)")
         ax.legend(loc="lower right", fontsize=8)
     ax.set_xscale("log")
+    ys = [100 * r["top1"] for r in ok]
+    ax.set_ylim(min(ys) - 3, max(ys) + 3)  # room for labels pushed above or below their points
+    _place_labels(fig, ax, ok)
     ax.set_xlabel("p50 latency per image, batch 1 (ms, log scale)")
     ax.set_ylabel("test top-1 (%)")
     ax.set_title("accuracy against latency (marker area: file size)")
@@ -136,12 +148,46 @@ def plot_accuracy_vs_latency(rows, path, max_drop):
     save(fig, path)
 
 
+def _text_box(annotation, renderer):
+    """The box of an annotation's text alone (its leader line may cross other labels)."""
+    from matplotlib.text import Text
+
+    annotation.get_window_extent(renderer)  # lays it out
+    return Text.get_window_extent(annotation, renderer)
+
+
+def _place_labels(fig, ax, rows):
+    """Label every point without overlaps: each label tries offsets around its point (nearest first)
+    until its box meets no label placed before it; a thin line joins a moved label to its point."""
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    placed = []
+    offsets = [(6, 4)] + [(dx, dy) for step in range(1, 12) for dy in (4 + 11 * step, 4 - 11 * step) for dx in (6, 40)]
+    for r in sorted(rows, key=lambda r: (-r["top1"], r["p50_ms"])):
+        xy = (r["p50_ms"], 100 * r["top1"])
+        for dx, dy in offsets:
+            label = ax.annotate(f"{r['variant']} ({r['size_mb']:.1f} MB)", xy, fontsize=7, xytext=(dx, dy),
+                                textcoords="offset points", va="center",
+                                arrowprops=None if (dx, dy) == offsets[0] else
+                                dict(arrowstyle="-", color="grey", lw=0.5, shrinkA=0, shrinkB=3))
+            box = _text_box(label, renderer).expanded(1.02, 1.15)
+            if not any(box.overlaps(b) for b in placed):
+                placed.append(box)
+                break
+            label.remove()
+        else:  # no free spot nearby: keep the first one rather than lose the label
+            label = ax.annotate(f"{r['variant']} ({r['size_mb']:.1f} MB)", xy, fontsize=7, xytext=offsets[0],
+                                textcoords="offset points", va="center")
+
+
 def plot_confusions(rows, classes, path):
     """The Keras float model beside the full-int8 models (or whatever else was measured)."""
     from train.plots import confusion_matrices
 
     ok = {r["variant"]: r for r in rows if r["status"] == "ok"}
-    int8 = [n for n in ("tflite-int8", "tflite-qat-int8", "onnx-int8") if n in ok]
+    from export.variants import VARIANTS
+
+    int8 = [v.name for v in VARIANTS if v.calibrated and v.name in ok]  # the integer-activation variants
     names = [REFERENCE] + (int8 or [n for n in ok if n != REFERENCE][:1])
     panels = [(f"{n} (top-1 {ok[n]['top1']:.3f})", ok[n]["confusion_matrix"]) for n in names if n in ok]
     confusion_matrices(panels, classes, path)
@@ -152,7 +198,7 @@ def write(run, rows, context, gate, versions, command):
     out.mkdir(parents=True, exist_ok=True)
     report = {"run": str(run.path), "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
               "command": command, "machine": machine(), "versions": versions, "context": context, "gate": gate,
-              "rows": rows}
+              "recommendation": recommend(rows, gate["failures"]), "rows": rows}
     write_json(out / "report.json", report)
     write_text(out / "report.csv", csv_text(rows))
     write_text(out / "report.md", markdown(report))

@@ -3,7 +3,7 @@ import argparse
 import json
 import sys
 
-from .errors import InputError
+from .errors import InputError, exit_code
 
 
 def main(argv=None):
@@ -20,9 +20,12 @@ def main(argv=None):
     inf.add_argument("model")
     inf.add_argument("--labels")
     args = p.parse_args(argv)
-    try:
+
+    def body():
         from .classifier import Classifier
 
+        if args.command == "predict" and args.top_k < 1:
+            raise InputError(f"--top-k must be at least 1, got {args.top_k}")
         clf = Classifier(args.model, labels=args.labels, threads=getattr(args, "threads", None))
         if args.command == "info":
             print(json.dumps(clf.info(), indent=2))
@@ -35,9 +38,8 @@ def main(argv=None):
             for img, r in zip(args.images, results):
                 print(f"{img}: " + ", ".join(f"{l} {pr_:.3f}" for l, pr_ in r))
         return 0
-    except InputError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+
+    return exit_code(body)
 
 
 if __name__ == "__main__":

@@ -3,7 +3,7 @@
 Each reports its input/output tensor as a TensorSpec so the classifier can quantize and
 dequantize without caring which runtime it talks to.
 """
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np

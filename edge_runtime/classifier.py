@@ -6,22 +6,17 @@ import numpy as np
 
 from .backends import open_backend
 from .errors import InputError
-from .files import sha256_file
+from .files import MANIFEST, read_manifest, sha256_file
 from .preprocess import check_contract, load_pixels
 
-MANIFEST = "manifest.json"
 LABELS = "labels.txt"
 
 
 def find_manifest_entry(model_path):
     """(variant name, entry, manifest) describing model_path in a manifest.json beside it, or Nones."""
-    manifest_path = model_path.parent / MANIFEST
-    if not manifest_path.is_file():
+    manifest = read_manifest(model_path.parent, missing_ok=True)
+    if not manifest:
         return None, None, None
-    try:
-        manifest = json.loads(manifest_path.read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise InputError(f"{manifest_path}: unreadable manifest ({e})") from None
     for name, entry in manifest.get("variants", {}).items():
         if entry.get("file") == model_path.name:
             return name, entry, manifest
@@ -99,7 +94,9 @@ class Classifier:
         spec = self.output
         out = (raw.astype(np.float32) - spec.zero_point) * spec.scale if spec.quantized else raw.astype(np.float32)
         total = out.sum(axis=-1, keepdims=True)  # an int8 softmax sums to 1 only within its step size
-        return np.divide(out, total, out=np.full_like(out, 1.0 / out.shape[-1]), where=total > 0)
+        probs = np.divide(out, total, out=np.full_like(out, 1.0 / out.shape[-1]), where=total > 0)
+        probs[~np.isfinite(total[:, 0])] = np.nan  # a broken model's NaN must show, not become 1/classes
+        return probs
 
     def probabilities(self, pixels):
         """uint8 pixels (N, H, W, 3) from load_pixels -> float32 probabilities (N, classes)."""
@@ -116,12 +113,14 @@ class Classifier:
 
         An image is a path, bytes, a PIL image or an HxWx3 array.
         """
+        if int(top_k) < 1:
+            raise InputError(f"top_k must be at least 1, got {top_k}")
         single = not isinstance(images, (list, tuple))
         batch = [images] if single else list(images)
         if not batch:
             return []
         probs = self.probabilities(self.preprocess(batch))
-        k = max(1, min(int(top_k), self.num_classes))
+        k = min(int(top_k), self.num_classes)
         results = []
         for p in probs:
             order = np.argsort(-p, kind="stable")[:k]

@@ -53,3 +53,29 @@ def write_text(path, text):
 
 def write_json(path, obj):
     write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
+
+
+MANIFEST = "manifest.json"
+
+
+def read_manifest(path, missing_ok=False):
+    """The export manifest: `path` is manifest.json or the folder holding it. The one reader every stage uses.
+
+    A missing file is {} when missing_ok, else an InputError; an unreadable one is always an InputError.
+    """
+    from .errors import InputError
+
+    path = Path(path)
+    if path.is_dir() or path.name != MANIFEST:
+        path = path / MANIFEST
+    if not path.is_file():
+        if missing_ok:
+            return {}
+        raise InputError(f"{path} does not exist")
+    try:
+        manifest = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise InputError(f"{path}: unreadable manifest ({e})") from None
+    if not isinstance(manifest, dict):
+        raise InputError(f"{path}: not a manifest (a JSON object was expected)")
+    return manifest

@@ -3,7 +3,7 @@ import argparse
 import sys
 
 from . import __name__ as _pkg  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
-from edge_runtime.errors import InputError
+from edge_runtime.errors import InputError, exit_code
 
 
 def main(argv=None):
@@ -27,7 +27,8 @@ def main(argv=None):
                    help="ONNX Runtime calibration method (default minmax: entropy and percentile measured no better "
                         "on Leeds and are slow and memory-hungry)")
     a = p.parse_args(argv)
-    try:
+
+    def body():
         from train.rundir import resolve_run
         from .exporter import export_run, log
         from .variants import select
@@ -45,14 +46,14 @@ def main(argv=None):
         manifest, failed = export_run(run, a.variants, calibration_images=a.calibration_images, qat_epochs=a.qat_epochs,
                                       qat_lr=a.qat_lr, smoke_images=a.smoke_images, budget=budget,
                                       onnx_calibration=a.onnx_calibration)
-    except InputError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    log(f"manifest: {run.export_dir / 'manifest.json'}")
-    if failed:
-        print(f"error: export failed for {', '.join(failed)} (see the manifest and {run.export_dir}/*.error.log)", file=sys.stderr)
-        return 1
-    return 0
+        log(f"manifest: {run.export_dir / 'manifest.json'}")
+        if failed:
+            print(f"error: export failed for {', '.join(failed)} (see the manifest and {run.export_dir}/*.error.log)",
+                  file=sys.stderr)
+            return 1
+        return 0
+
+    return exit_code(body)
 
 
 if __name__ == "__main__":

@@ -10,7 +10,8 @@ import sys
 import tarfile
 from pathlib import Path
 
-from edge_runtime.classifier import LABELS, MANIFEST
+from edge_runtime.classifier import LABELS
+from edge_runtime.files import MANIFEST
 from edge_runtime.errors import InputError, exit_code
 from edge_runtime.files import atomic_path, sha256_file
 
@@ -46,7 +47,7 @@ def readme(name, variant, entry, manifest):
     classes = manifest["classes"]
     return f"""# {name}
 
-An image classifier exported from training run `{manifest.get('run', '?')}` as variant
+An image classifier exported from training run `{Path(manifest.get('run', '?')).name}` as variant
 **{variant}** ({entry['format']}, {entry['precision']}): {entry['bytes'] / 1e6:.1f} MB, {len(classes)} classes,
 input {h}x{w} RGB. It needs Python 3.11 or newer and no TensorFlow.
 
@@ -104,6 +105,7 @@ def build(run, variant=DEFAULT_VARIANT, dist=Path("dist")):
 
     name = f"{run.path.name}-{variant}"
     slim = {k: v for k, v in manifest.items() if k != "variants"}
+    slim["run"] = run.path.name  # manifests written before the name replaced the path carry the path
     slim["variants"] = {variant: entry}  # only what ships, so the runtime finds exactly this model
     requirements = pinned([RUNTIME_PACKAGE[entry["format"]], "numpy", "Pillow"])
     members = [
@@ -125,16 +127,37 @@ def build(run, variant=DEFAULT_VARIANT, dist=Path("dist")):
     return out
 
 
+def chosen_variant(run):
+    """(variant, why) when none is named: the benchmark's fastest variant that passed the gate on this
+    machine, or DEFAULT_VARIANT when there is no benchmark report to go by."""
+    report = run.benchmark_dir / "report.json"
+    if not report.is_file():
+        return DEFAULT_VARIANT, f"no benchmark report in {run.benchmark_dir} yet, so the default"
+    try:
+        rec = json.loads(report.read_text()).get("recommendation") or {}
+    except (OSError, json.JSONDecodeError) as e:
+        raise InputError(f"{report}: unreadable benchmark report ({e}); re-run `make benchmark` or pass VARIANT") from None
+    if not rec:
+        raise InputError(f"no variant passed the parity gate in {report}; pass VARIANT=<name> to pack one anyway")
+    return rec["fastest"]["variant"], f"the fastest variant that passed the gate on the benchmark machine: {rec['fastest']['why']}"
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(prog="python -m export.bundle", description="Pack one exported variant for a device.")
     p.add_argument("--run", help="run folder (default: the newest finished run in runs/)")
-    p.add_argument("--variant", default=DEFAULT_VARIANT, help=f"exported variant to pack (default {DEFAULT_VARIANT})")
+    p.add_argument("--variant", help="exported variant to pack (default: the benchmark's fastest variant passing the gate, "
+                                     f"or {DEFAULT_VARIANT} before any benchmark)")
     p.add_argument("--dist", default="dist", help="output folder (default dist/)")
     a = p.parse_args(argv)
     from train.rundir import resolve_run
 
     def body():
-        build(resolve_run(a.run), a.variant, Path(a.dist))
+        run = resolve_run(a.run)
+        variant = a.variant
+        if not variant:
+            variant, why = chosen_variant(run)
+            log(f"packing {variant}: {why}")
+        build(run, variant, Path(a.dist))
 
     return exit_code(body)
 

@@ -4,7 +4,6 @@ Each file is converted to a temporary name, smoke-checked through edge_runtime a
 Keras model, and only then renamed into place; a failure leaves the previous good file and
 its manifest entry alone. The manifest is rewritten (atomically) after every variant.
 """
-import json
 import time
 import traceback
 from datetime import datetime, timezone
@@ -13,9 +12,9 @@ from pathlib import Path
 
 import numpy as np
 
-from edge_runtime.classifier import MANIFEST, Classifier
+from edge_runtime.classifier import Classifier
 from edge_runtime.errors import InputError
-from edge_runtime.files import atomic_path, sha256_file, write_json, write_text
+from edge_runtime.files import MANIFEST, atomic_path, read_manifest, sha256_file, write_json, write_text
 from edge_runtime.preprocess import load_batch
 
 from .variants import select
@@ -46,6 +45,41 @@ class Context:
         self.qat_epochs, self.qat_lr, self.seed = qat_epochs, qat_lr, seed
         self.size = tuple(self.config["image_size"])
         self.log = log
+        self.timings = {}  # seconds of the shared stages (model load, trace, tf2onnx), for the manifest
+
+    @cached_property
+    def work(self):
+        """A scratch folder for what several converters share; removed by close()."""
+        import tempfile
+
+        return Path(tempfile.mkdtemp(prefix="export-"))
+
+    def close(self):
+        import shutil
+
+        if "work" in self.__dict__:
+            shutil.rmtree(self.work, ignore_errors=True)
+
+    @cached_property
+    def saved_model(self):
+        """The Keras model traced once into a SavedModel (input "image", any batch size) that every
+        float-source TFLite converter reads, instead of each tracing and saving the model again."""
+        model = self.model
+        t0 = time.time()
+        path = save_traced(model, self.size, self.work / "saved_model")
+        self.timings["trace and save"] = round(time.time() - t0, 1)
+        return path
+
+    @cached_property
+    def onnx_float(self):
+        """The float ONNX graph (serialized), converted once for onnx-fp32 and onnx-int8."""
+        from .onnx_convert import convert_float
+
+        model = self.model
+        t0 = time.time()
+        data = convert_float(model, self.size).SerializeToString()
+        self.timings["tf2onnx"] = round(time.time() - t0, 1)
+        return data
 
     def subset(self, name):
         return [s for s in self.samples if s.subset == name]
@@ -64,8 +98,11 @@ class Context:
         import_tensorflow()
         import tf_keras as keras
 
+        t0 = time.time()
         try:
-            return keras.models.load_model(str(self.run.model), compile=False)
+            model = keras.models.load_model(str(self.run.model), compile=False)
+            self.timings["load model"] = round(time.time() - t0, 1)
+            return model
         except Exception as e:
             raise InputError(f"{self.run.model}: cannot load the trained model ({str(e).splitlines()[0][:200]})") from None
 
@@ -107,6 +144,18 @@ class Context:
         return pixels, self.model.predict(pixels.astype(np.float32), verbose=0)
 
 
+def save_traced(model, size, path):
+    """The Keras model as a SavedModel with one signature: input "image", float32 raw pixels, any batch."""
+    from train import import_tensorflow
+
+    tf = import_tensorflow()
+    h, w = size
+    fn = tf.function(lambda image: model(image, training=False),
+                     input_signature=[tf.TensorSpec((None, h, w, 3), tf.float32, name="image")])
+    tf.saved_model.save(model, str(path), signatures=fn.get_concrete_function())
+    return str(path)
+
+
 def smoke_check(path, ctx, reference_model=None):
     """Run the new file through edge_runtime; raise if it yields NaN or mostly disagrees with Keras.
 
@@ -128,14 +177,14 @@ def smoke_check(path, ctx, reference_model=None):
                         "max_abs_prob_diff": float(np.abs(probs - reference).max())}
 
 
-def read_manifest(export_dir):
-    path = Path(export_dir) / MANIFEST
-    if not path.exists():
-        return {}
+def previous_manifest(export_dir):
+    """The manifest so far, so unselected variants keep their entries; an unreadable one is rebuilt
+    (the files it described are converted and checked again when exported)."""
     try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError:
-        return {}  # a manifest we cannot read is rebuilt; the files it described are re-checked on export
+        return read_manifest(export_dir, missing_ok=True)
+    except InputError as e:
+        log(f"{e}; writing a new one")
+        return {}
 
 
 def export_run(run, variant_names=None, variants=None, **ctx_options):
@@ -145,11 +194,11 @@ def export_run(run, variant_names=None, variants=None, **ctx_options):
     out = run.export_dir
     out.mkdir(parents=True, exist_ok=True)
     write_text(out / "labels.txt", "\n".join(ctx.class_names) + "\n")
-    manifest = read_manifest(out)
+    manifest = previous_manifest(out)
     from train.fit import package_versions
 
     manifest.update({
-        "run": str(run.path),
+        "run": run.path.name,  # the run's name: the manifest travels to devices, the builder's paths do not
         "classes": ctx.class_names,
         "preprocessing": ctx.config["preprocessing"],
         "source_model": {"file": "../" + run.model.name, "sha256": sha256_file(run.model)},
@@ -157,6 +206,14 @@ def export_run(run, variant_names=None, variants=None, **ctx_options):
     })
     manifest.setdefault("variants", {})
     failed = []
+    try:
+        _export_each(chosen, ctx, out, manifest, failed)
+    finally:
+        ctx.close()
+    return manifest, failed
+
+
+def _export_each(chosen, ctx, out, manifest, failed):
     for i, v in enumerate(chosen, 1):
         log(f"[{i}/{len(chosen)}] {v.name} ({v.format}, {v.precision})")
         t0 = time.time()
@@ -192,5 +249,6 @@ def export_run(run, variant_names=None, variants=None, **ctx_options):
             log(f"    FAILED: {error}")
             (out / f"{v.name}.error.log").write_text(traceback.format_exc())
         manifest["updated_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        # shared stages are paid by the first variant that needs them; their cost is listed apart
+        manifest["shared_stage_seconds"] = dict(ctx.timings)
         write_json(out / MANIFEST, manifest)
-    return manifest, failed

@@ -1,5 +1,6 @@
 """ONNX converters: tf2onnx for float32, ONNX Runtime static quantization (QDQ) for int8."""
 import json
+import logging
 import shutil
 import tempfile
 from pathlib import Path
@@ -11,23 +12,35 @@ OPSET = 17
 
 def _metadata(model_proto, ctx):
     """Labels and the preprocessing contract travel inside the ONNX file too."""
-    import onnx
-
     for key, value in (("labels", json.dumps(ctx.class_names)), ("preprocessing", json.dumps(ctx.config["preprocessing"]))):
         entry = next((p for p in model_proto.metadata_props if p.key == key), None) or model_proto.metadata_props.add()
         entry.key, entry.value = key, value
     return model_proto
 
 
-def fp32(ctx, path):
-    import onnx
-    import tensorflow as tf
+def convert_float(model, size):
+    """tf2onnx over a Keras model: the float ModelProto (the export Context caches the run's)."""
+    from train import import_tensorflow
+
+    tf = import_tensorflow()  # quietly, before tf2onnx loads it
     import tf2onnx
 
-    h, w = ctx.config["image_size"]
+    h, w = size
     spec = (tf.TensorSpec((None, h, w, 3), tf.float32, name="image"),)  # dynamic batch dimension
-    proto, _ = tf2onnx.convert.from_keras(ctx.model, input_signature=spec, opset=OPSET)
-    onnx.save(_metadata(proto, ctx), str(path))
+    proto, _ = tf2onnx.convert.from_keras(model, input_signature=spec, opset=OPSET)
+    return proto
+
+
+def _float_proto(ctx):
+    import onnx
+
+    return onnx.load_from_string(ctx.onnx_float)
+
+
+def fp32(ctx, path):
+    import onnx
+
+    onnx.save(_metadata(_float_proto(ctx), ctx), str(path))
     return {"opset": OPSET}
 
 
@@ -52,20 +65,22 @@ FALLBACK_OPS = ("Conv", "MatMul", "Gemm", "Add")
 
 
 def int8(ctx, path):
-    """ONNX Runtime static quantization (QDQ, per-channel, s8 weights, u8 activations), calibrated once,
-    then the accuracy-aware fallback (export/fallback.py) with `nodes_to_exclude`."""
+    """ONNX Runtime static quantization (QDQ, per-channel, s8 weights, u8 activations), quantized and
+    calibrated once; then the accuracy-aware fallback (export/fallback.py), which keeps nodes float by
+    graph surgery on that one QDQ model (export/onnx_graph.py says why not `nodes_to_exclude`)."""
     import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     from .fallback import search
+    from .onnx_graph import float_nodes
 
     method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
               "percentile": CalibrationMethod.Percentile}[ctx.onnx_calibration]
     work = Path(tempfile.mkdtemp(prefix="onnx-int8-"))
     try:
         source = work / "fp32.onnx"
-        fp32(ctx, source)
+        onnx.save(_float_proto(ctx), str(source))
         prepped = work / "prepped.onnx"
         try:  # shape inference and graph folding make quantization cover more ops
             quant_pre_process(str(source), str(prepped), skip_symbolic_shape=False)
@@ -75,13 +90,22 @@ def int8(ctx, path):
         graph = onnx.load(str(prepped), load_external_data=False).graph
         input_name = graph.input[0].name
         candidates = [n.name for n in graph.node if n.op_type in FALLBACK_OPS and n.name]
-        cache = work / "calibration.json"  # calibrated once; every fallback candidate reuses the ranges
-
-        def quantize(excluded, out):
-            quantize_static(str(prepped), str(out), _Reader(input_name, ctx.calibration),
+        full = work / "full-qdq.onnx"
+        root_level = logging.getLogger().level  # its per-channel notes on rank-1 BatchNorm weights are noise
+        logging.getLogger().setLevel(logging.ERROR)
+        try:
+            quantize_static(str(prepped), str(full), _Reader(input_name, ctx.calibration),
                             quant_format=QuantFormat.QDQ, per_channel=True, weight_type=QuantType.QInt8,
                             activation_type=QuantType.QUInt8, calibrate_method=method,
-                            nodes_to_exclude=list(excluded), calibration_cache_path=str(cache))
+                            # Relu/Clip stay nodes, so a node kept float keeps its activation; ONNX Runtime
+                            # folds them into the quantized ops again when it loads the model
+                            extra_options={"QDQKeepRemovableActivations": True})
+        finally:
+            logging.getLogger().setLevel(root_level)
+        qdq, float_model = onnx.load(str(full)), onnx.load(str(prepped))
+
+        def quantize(excluded, out):
+            onnx.save(float_nodes(qdq, float_model, excluded) if excluded else qdq, str(out))
 
         chosen, record = search(quantize, candidates, ctx.validation, ctx.budget, work, ctx.log, ".onnx")
         proto = onnx.load(str(chosen))
@@ -89,4 +113,5 @@ def int8(ctx, path):
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return {"opset": OPSET, "calibration_images": len(ctx.calibration), "calibration_method": ctx.onnx_calibration,
-            "quantization": "QDQ, per-channel symmetric int8 weights, asymmetric uint8 activations", "fallback": record}
+            "quantization": "QDQ, per-channel symmetric int8 weights, asymmetric uint8 activations; "
+                            "ops kept float by the fallback get float weights and float outputs", "fallback": record}

@@ -12,11 +12,15 @@ float model's activations on the calibration images first, as post-training quan
 import time
 
 import numpy as np
-import tensorflow_model_optimization as tfmot
-import tf_keras as keras
-from tensorflow_model_optimization.python.core.quantization.keras.default_8bit import default_8bit_quantize_registry
 
-from train.pipeline import dataset
+from train import import_tensorflow
+
+import_tensorflow()  # quietly, before tfmot loads it
+import tensorflow_model_optimization as tfmot  # noqa: E402
+import tf_keras as keras  # noqa: E402
+from tensorflow_model_optimization.python.core.quantization.keras.default_8bit import default_8bit_quantize_registry  # noqa: E402
+
+from train.pipeline import dataset  # noqa: E402
 
 
 def annotate(model, fold_bn=True):

@@ -5,13 +5,18 @@ TensorFlow is imported inside each converter so the variant table stays cheap to
 
 
 def _tf():
-    import tensorflow as tf
+    from train import import_tensorflow
 
-    return tf
+    return import_tensorflow()  # quietly: TensorFlow's start-up chatter stays off the terminal
 
 
 def _converter(model):
     return _tf().lite.TFLiteConverter.from_keras_model(model)
+
+
+def _run_converter(ctx):
+    """A converter over the run's model, read from the SavedModel traced once per export."""
+    return _tf().lite.TFLiteConverter.from_saved_model(ctx.saved_model)
 
 
 def _write(path, flatbuffer):
@@ -21,12 +26,12 @@ def _write(path, flatbuffer):
 
 
 def fp32(ctx, path):
-    return _write(path, _converter(ctx.model).convert())
+    return _write(path, _run_converter(ctx).convert())
 
 
 def fp16(ctx, path):
     tf = _tf()
-    c = _converter(ctx.model)
+    c = _run_converter(ctx)
     c.optimizations = [tf.lite.Optimize.DEFAULT]
     c.target_spec.supported_types = [tf.float16]
     return _write(path, c.convert())
@@ -34,7 +39,7 @@ def fp16(ctx, path):
 
 def dynamic(ctx, path):
     tf = _tf()
-    c = _converter(ctx.model)
+    c = _run_converter(ctx)
     c.optimizations = [tf.lite.Optimize.DEFAULT]
     return _write(path, c.convert())
 
@@ -69,7 +74,7 @@ def int8(ctx, path):
     from .fallback import search
 
     tf = _tf()
-    c = _converter(ctx.model)
+    c = _run_converter(ctx)
     c.optimizations = [tf.lite.Optimize.DEFAULT]
     c.representative_dataset = ctx.representative_dataset
     c._experimental_calibrate_only = True  # noqa: SLF001  (the public QuantizationDebugger does the same)
@@ -77,8 +82,12 @@ def int8(ctx, path):
 
     def quantize(excluded, out):
         # what TFLiteConverter.convert() itself calls after calibration, plus the ops kept float
-        _write(out, mlir_quantize(calibrated, input_data_type=tf.uint8, output_data_type=tf.uint8,
-                                  denylisted_nodes=excluded or None))
+        from train import quiet_fds
+
+        with quiet_fds():  # it prints "fully_quantize: 0, inference_type: 6, ..." on every call
+            flatbuffer = mlir_quantize(calibrated, input_data_type=tf.uint8, output_data_type=tf.uint8,
+                                       denylisted_nodes=excluded or None)
+        _write(out, flatbuffer)
 
     with tempfile.TemporaryDirectory(prefix="tflite-int8-") as work:
         quantize([], f"{work}/probe.tflite")

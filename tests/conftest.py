@@ -82,3 +82,11 @@ def tiny_export(tiny_run):
     manifest, failed = export_run(tiny_run, calibration_images=20, qat_epochs=1, smoke_images=8)
     assert failed == [], manifest
     return tiny_run
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests that need every variant exported (QAT's fine-tuning included: minutes) are slow, whether or
+    not they say so, so `make test-fast` stays fast."""
+    for item in items:
+        if "tiny_export" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.slow)

@@ -167,6 +167,74 @@ def test_latency_interleaves_and_stops_at_min_runs():
 
     calls = []
     a, b = latency(lambda i: calls.append(("a", i)), lambda i: calls.append(("b", i)),
-                   warmup=2, min_runs=4, min_seconds=0, max_runs=100)
+                   warmup=2, min_runs=4, min_seconds=0, ci=None, max_runs=100)
     assert a["runs"] == b["runs"] == 4
     assert calls == [("a", 0), ("b", 0), ("a", 1), ("b", 1)] + [(x, i) for i in range(4) for x in "ab"]
+
+
+def _fake_clock(monkeypatch, durations):
+    """perf_counter advancing by durations[k] on the k-th timed call (cycling), so timing is deterministic."""
+    import itertools
+
+    import benchmark.timing as timing
+
+    state = {"now": 0.0, "step": itertools.cycle(durations)}
+
+    def fn(i):
+        state["now"] += next(state["step"])
+
+    monkeypatch.setattr(timing.time, "perf_counter", lambda: state["now"])
+    return fn
+
+
+def test_latency_stops_once_the_median_is_known(monkeypatch):
+    from benchmark.timing import latency
+
+    steady = latency(_fake_clock(monkeypatch, [0.010]), warmup=0, min_runs=20, min_seconds=0, ci=0.02, max_runs=500)
+    assert steady["runs"] == 20 and steady["p50_ci_relative"] < 1e-9  # constant time: known at once
+    noisy = latency(_fake_clock(monkeypatch, [0.010, 0.030]), warmup=0, min_runs=20, min_seconds=0, ci=0.02,
+                    max_runs=500)
+    assert noisy["runs"] == 500 and noisy["p50_ci_relative"] > 0.02  # the median straddles two values: never tight
+
+
+def test_median_interval_brackets_the_median():
+    from benchmark.timing import median_ci
+
+    x = list(range(1, 101))
+    lo, hi = median_ci(x)
+    assert lo < 50.5 < hi and hi - lo <= 22  # n=100: ranks 50 -/+ 9.8
+
+
+def _measured(name, p50, top1, size, fmt="tflite", agreement=1.0):
+    return {"variant": name, "status": "ok", "format": fmt, "p50_ms": p50, "p50_ms_1thread": 2 * p50, "top1": top1,
+            "size_mb": size, "top1_change_points": 0.0, "agreement": agreement}
+
+
+def test_point_labels_never_overlap():
+    from benchmark.report import _place_labels, _text_box
+    from train.plots import plt
+
+    rows = [_measured(f"variant-{i}", 4.0 + 0.01 * i, 0.95, 90.0) for i in range(7)]  # seven points on one spot
+    fig, ax = plt.subplots(figsize=(8, 5.5))
+    ax.scatter([r["p50_ms"] for r in rows], [100 * r["top1"] for r in rows])
+    ax.set_xscale("log")
+    ax.set_ylim(90, 100)
+    _place_labels(fig, ax, rows)
+    renderer = fig.canvas.get_renderer()
+    boxes = [_text_box(t, renderer) for t in ax.texts]
+    assert len(boxes) == 7
+    assert not any(a.overlaps(b) for i, a in enumerate(boxes) for b in boxes[i + 1:])
+    plt.close(fig)
+
+
+def test_recommendation_picks_among_passing_variants_only():
+    from benchmark.evaluate import recommend
+
+    rows = [_measured("keras", 1.0, 0.99, 95, "keras"), _measured("qat-source", 1.0, 0.99, 95, "keras"),
+            _measured("tflite-fp32", 4.0, 0.95, 94), _measured("tflite-int8", 1.5, 0.95, 24, agreement=0.99),
+            _measured("onnx-int8", 0.5, 0.90, 24, "onnx", agreement=0.9), _measured("tflite-fp16", 4.5, 0.96, 47)]
+    rec = recommend(rows, failures={"onnx-int8": ["agreement 0.900 < 0.98"]})
+    assert rec["fastest"]["variant"] == "tflite-int8"  # onnx-int8 is faster but fails the gate; keras is no export
+    assert rec["smallest"]["variant"] == "tflite-int8"
+    assert rec["most_accurate"]["variant"] == "tflite-fp16"
+    assert recommend(rows[:2], failures={}) == {}

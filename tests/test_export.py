@@ -16,6 +16,7 @@ def test_every_variant_loads_in_edge_runtime_and_gives_probabilities(tiny_export
     assert set(manifest["variants"]) == {v.name for v in VARIANTS}
     samples = [s for s in tiny_export.split() if s.subset == "test"]
     pixels = load_batch([tiny_export.data_root() / s.path for s in samples], (64, 64))
+    keras_probs = _keras_probabilities(tiny_export.model, pixels)
     for v in VARIANTS:
         entry = manifest["variants"][v.name]
         assert entry["status"] == "ok", entry
@@ -25,6 +26,12 @@ def test_every_variant_loads_in_edge_runtime_and_gives_probabilities(tiny_export
         assert probs.shape == (len(samples), 3)
         assert np.allclose(probs.sum(1), 1.0, atol=1e-5)
         assert clf.labels == ["blue", "green", "red"]
+        # every variant, the int8 ones included, predicts what the model it came from predicts
+        source = (_keras_probabilities(export_dir / entry["reference_model"], pixels, qat=True)
+                  if entry.get("reference_model") else keras_probs)
+        assert np.mean(probs.argmax(1) == source.argmax(1)) >= 0.95, v.name
+        if v.precision == "float32":
+            assert np.abs(probs - source).max() < 1e-4, v.name
         if v.integer_io:
             assert entry["inputs"][0]["dtype"] == "uint8" and entry["outputs"][0]["dtype"] == "uint8"
             assert entry["inputs"][0]["quantization"]["scale"] > 0
@@ -33,6 +40,19 @@ def test_every_variant_loads_in_edge_runtime_and_gives_probabilities(tiny_export
             assert entry[key], (v.name, key)
     assert manifest["tool_versions"]["tf2onnx"] and manifest["preprocessing"]["input_size"] == [64, 64]
     assert (export_dir / "labels.txt").read_text().split() == ["blue", "green", "red"]
+
+
+def _keras_probabilities(path, pixels, qat=False):
+    import tf_keras as keras
+
+    if qat:
+        import tensorflow_model_optimization as tfmot
+
+        with tfmot.quantization.keras.quantize_scope():
+            model = keras.models.load_model(str(path), compile=False)
+    else:
+        model = keras.models.load_model(str(path), compile=False)
+    return model.predict(pixels.astype(np.float32), verbose=0)
 
 
 def test_onnx_files_carry_labels_and_a_dynamic_batch(tiny_export):
@@ -85,14 +105,36 @@ def test_a_variant_that_never_worked_is_marked_failed(tiny_run, tmp_path):
     shutil.copytree(tiny_run.path, run.path, ignore=shutil.ignore_patterns("export", "checkpoints", "logs"))
     fp32 = next(v for v in VARIANTS if v.name == "tflite-fp32")
 
-    def nan_model(ctx, path):
-        fp32.convert(ctx, path)
-        raise RuntimeError("output contains NaN or infinity")
+    def broken(change):
+        """A converter that really writes a bad file: the run's model changed by `change`, converted."""
+        def convert(ctx, path):
+            import tensorflow as tf
+            import tf_keras as keras
 
-    manifest, failed = export_run(run, variants=[dataclasses.replace(fp32, convert=nan_model)], smoke_images=4)
-    assert failed == ["tflite-fp32"]
-    assert manifest["variants"]["tflite-fp32"]["status"] == "failed"
-    assert not (run.export_dir / "model-fp32.tflite").exists()
+            model = keras.models.clone_model(ctx.model)
+            model.set_weights(ctx.model.get_weights())
+            with open(path, "wb") as f:
+                f.write(tf.lite.TFLiteConverter.from_keras_model(change(model)).convert())
+        return convert
+
+    def nan_output(model):  # every probability NaN (a NaN *inside* softmax comes out as 1/classes)
+        import tf_keras as keras
+
+        return keras.Model(model.input, keras.layers.Rescaling(float("nan"))(model.output))
+
+    def renamed_classes(model):  # every class's score moved to the next class
+        head = model.get_layer("head_dense")
+        w, b = head.get_weights()
+        head.set_weights([np.roll(w, 1, axis=1), np.roll(b, 1)])
+        return model
+
+    nan, shuffled = broken(nan_output), broken(renamed_classes)
+    for convert, message in ((nan, "NaN"), (shuffled, "agrees with the Keras model on only")):
+        manifest, failed = export_run(run, variants=[dataclasses.replace(fp32, convert=convert)], smoke_images=8)
+        assert failed == ["tflite-fp32"]
+        entry = manifest["variants"]["tflite-fp32"]
+        assert entry["status"] == "failed" and message in entry["error"], entry
+        assert not (run.export_dir / "model-fp32.tflite").exists()
 
 
 def test_cli_errors_are_one_line(tmp_path, tiny_run):

@@ -46,7 +46,7 @@ def colour_images(n, seed):
     return np.broadcast_to(colours[:, None, None, :], (n, SIZE, SIZE, 3)).astype(np.uint8).copy()
 
 
-def context(model, budget):
+def context(model, budget, tmp_path):
     cal = colour_images(40, 1)
     val = colour_images(60, 2)
     probs = model.predict(val.astype(np.float32), verbose=0)
@@ -54,6 +54,11 @@ def context(model, budget):
                                 class_names=["r", "g", "b"], validation=(val, probs.argmax(1), probs),
                                 config={"image_size": [SIZE, SIZE], "preprocessing": {"input_size": [SIZE, SIZE]}})
     ctx.representative_dataset = lambda: ([img[None].astype(np.float32)] for img in cal)
+    from export.exporter import save_traced
+    from export.onnx_convert import convert_float
+
+    ctx.saved_model = save_traced(model, (SIZE, SIZE), tmp_path / "saved_model")
+    ctx.onnx_float = convert_float(model, (SIZE, SIZE)).SerializeToString()
     return ctx
 
 
@@ -64,7 +69,7 @@ def test_fallback_keeps_the_fragile_op_float_and_meets_the_budget(fmt, tmp_path)
 
     convert = {"tflite": tflite_convert.int8, "onnx": onnx_convert.int8}[fmt]
     model = fragile_model()
-    ctx = context(model, Budget())
+    ctx = context(model, Budget(), tmp_path)
     out = tmp_path / f"model.{fmt}"
     record = convert(ctx, out)["fallback"]
     before, after = record["validation_before"], record["validation_after"]
@@ -90,7 +95,7 @@ def test_a_model_within_budget_is_left_fully_quantized(tmp_path):
     w, b = model.get_layer("head_dense").get_weights()
     w[3, :] = 0.0  # no outlier: int8 keeps the head
     model.get_layer("head_dense").set_weights([w, b])
-    record = tflite_convert.int8(context(model, Budget()), tmp_path / "m.tflite")["fallback"]
+    record = tflite_convert.int8(context(model, Budget(), tmp_path), tmp_path / "m.tflite")["fallback"]
     assert record["met_budget"] and record["kept_float"] == [] and record["validation_before"]["agreement"] >= 0.98
 
 
@@ -109,3 +114,41 @@ def test_parity_budget_and_intervals():
     assert lo < -5.0 < hi <= 0.0
     assert mcnemar_p(worse, same) == pytest.approx(2 / 32)  # 5 lost, 0 gained: 2 * 0.5**5
     assert mcnemar_p(same, same) == 1.0
+
+
+def test_onnx_ops_kept_float_stay_float_when_onnx_runtime_loads_them(tmp_path):
+    """nodes_to_exclude alone leaves a float depthwise conv between a DQ and a Q, and ONNX Runtime's
+    WeightBiasQuantization then quantizes its weights per tensor at load time. A depthwise kernel whose
+    channels differ 1000-fold in scale loses its small channel to that; float_nodes keeps it float."""
+    import onnx
+    import onnxruntime as ort
+    import tf_keras as keras
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    from export.onnx_convert import _Reader, convert_float
+    from export.onnx_graph import float_nodes
+
+    inp = keras.Input((SIZE, SIZE, 3), name="image")
+    dw = keras.layers.DepthwiseConv2D(3, padding="same", name="dw")
+    model = keras.Model(inp, keras.layers.ReLU(6.0, name="relu6")(dw(inp)))
+    k = np.random.default_rng(0).uniform(0.5, 1.0, (3, 3, 3, 1)).astype(np.float32) / 255 * 0.6
+    k[..., 1, 0] *= 1e-3  # channel 1 is 1000x smaller: per-tensor int8 rounds it to zero
+    dw.set_weights([k, np.zeros(3, np.float32)])
+    images = colour_images(60, 3)
+    ref = model.predict(images.astype(np.float32), verbose=0)
+
+    float_path, qdq_path, kept = tmp_path / "float.onnx", tmp_path / "qdq.onnx", tmp_path / "kept.onnx"
+    onnx.save(convert_float(model, (SIZE, SIZE)), str(float_path))
+    quantize_static(str(float_path), str(qdq_path), _Reader("image", images[:40]), quant_format=QuantFormat.QDQ,
+                    per_channel=True, weight_type=QuantType.QInt8, activation_type=QuantType.QUInt8,
+                    calibrate_method=CalibrationMethod.MinMax, extra_options={"QDQKeepRemovableActivations": True},
+                    op_types_to_quantize=["Conv", "Clip"])  # the output (a Transpose) stays float to be compared
+    fmodel = onnx.load(str(float_path))
+    conv = next(n.name for n in fmodel.graph.node if n.op_type == "Conv")
+    onnx.save(float_nodes(onnx.load(str(qdq_path)), fmodel, [conv]), str(kept))
+    session = ort.InferenceSession(str(kept), providers=["CPUExecutionProvider"])  # all optimizations on
+    out = session.run(None, {session.get_inputs()[0].name: images.astype(np.float32)})[0]
+    assert ref[..., 1].max() > 0
+    # the small channel computed in float (within the input's 8-bit rounding, about 1%);
+    # per-tensor int8 weights would have zeroed it
+    assert np.allclose(out[..., 1], ref[..., 1], rtol=0.05, atol=1e-6)

@@ -4,7 +4,7 @@ import json
 import numpy as np
 import pytest
 
-from conftest import MOBILENET_WEIGHTS, TINY_ARGS, assert_one_line_error, make_tree, run_cli
+from conftest import MOBILENET_WEIGHTS, TINY_ARGS, assert_one_line_error, run_cli
 from train.rundir import Run
 
 
@@ -200,3 +200,25 @@ def test_preview_augment_writes_a_png(tmp_path, tiny_data):
     assert proc.returncode == 0, proc.stderr[-2000:]
     from PIL import Image
     assert Image.open(out).size[0] > 100
+
+
+def test_learning_rate_schedules_depend_on_the_epoch_alone():
+    from train.callbacks import WarmupCosine
+
+    s = WarmupCosine(1e-3, epochs=10, warmup=2)
+    rates = [s.rate(e) for e in range(10)]
+    assert rates[0] < rates[1] < rates[2] == 1e-3  # linear warm-up to the peak
+    assert all(a > b for a, b in zip(rates[2:], rates[3:]))  # then strictly down
+    assert abs(rates[-1] - 1e-5) < 1e-12  # to 1% of the peak on the last epoch
+    assert [WarmupCosine(1e-3, epochs=10, warmup=2).rate(e) for e in range(10)] == rates  # resume gives the same
+
+
+def test_demo_leaves_out_mirror_images_and_user_data_keeps_them():
+    from train import config
+    from train.augment import augmenter
+
+    demo = config.resolve(config.parser().parse_args([]), demo=True)
+    data = config.resolve(config.parser().parse_args(["--data", "x"]), demo=False)
+    assert demo["flip"] is False and data["flip"] is True
+    names = lambda aug: [type(l).__name__ for l in aug.layers]  # noqa: E731
+    assert "RandomFlip" not in names(augmenter(1.0, flip=False)) and "RandomFlip" in names(augmenter(1.0, flip=True))

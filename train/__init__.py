@@ -15,6 +15,26 @@ if not os.path.exists("/dev/nvidia0") and not os.path.exists("/dev/nvidiactl"):
     os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 
 
+class quiet_fds:
+    """Keep C++ chatter written straight to file descriptors 1 and 2 (not through Python) off the terminal."""
+
+    def __enter__(self):
+        sys.stdout.flush()
+        sys.stderr.flush()
+        self.saved = [os.dup(1), os.dup(2)]
+        null = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(null, 1)
+        os.dup2(null, 2)
+        os.close(null)
+        return self
+
+    def __exit__(self, *exc):
+        for fd, saved in zip((1, 2), self.saved):
+            os.dup2(saved, fd)
+            os.close(saved)
+        return False
+
+
 def import_tensorflow():
     """TensorFlow, imported with its C++ start-up chatter (written to fd 2 before its logging is
     configured) kept off the terminal. A failing import still raises, after stderr is restored."""

@@ -2,7 +2,7 @@
 import sys
 
 from . import config  # noqa: F401  (sets TF_USE_LEGACY_KERAS via the package)
-from edge_runtime.errors import InputError
+from edge_runtime.errors import InputError, exit_code
 
 
 def preview_main(argv):
@@ -15,6 +15,7 @@ def preview_main(argv):
     p.add_argument("--data", help="class-per-folder image tree (default: the demo dataset)")
     p.add_argument("--image-size", default="224")
     p.add_argument("--augment", type=float, default=1.0, help="strength")
+    p.add_argument("--flip", action=argparse.BooleanOptionalAction, default=True, help="include random mirror images")
     p.add_argument("--count", type=int, default=6, help="how many images (rows)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="augment_preview.png")
@@ -30,24 +31,23 @@ def preview_main(argv):
     from .augment import preview
     from .config import parse_size
     size = parse_size(a.image_size)
-    preview([load_pixels(Path(a.data) / s.path, size) for s in samples[: a.count]], a.augment, a.out, seed=a.seed)
+    preview([load_pixels(Path(a.data) / s.path, size) for s in samples[: a.count]], a.augment, a.out, seed=a.seed, flip=a.flip)
     print(f"wrote {a.out}")
 
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
-    try:
+    def body():
         if argv and argv[0] == "preview-augment":
             return preview_main(argv[1:])
         from .fit import train
         train(config.parser().parse_args(argv))
-    except InputError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+
+    try:
+        return exit_code(body)
     except KeyboardInterrupt:
         print("\ninterrupted: run the same command again to resume from the last checkpoint", file=sys.stderr)
         return 130
-    return 0
 
 
 if __name__ == "__main__":

@@ -6,14 +6,16 @@ import numpy as np
 import tf_keras as keras
 
 
-def augmenter(strength, seed=0):
-    """A Sequential of random flip/rotation/zoom/translation/contrast, or None when strength is 0."""
+def augmenter(strength, seed=0, flip=True):
+    """A Sequential of random flip/rotation/zoom/translation/contrast, or None when strength is 0.
+
+    flip=False leaves out the mirror image, for classes that flipping changes (digits, text).
+    """
     if strength <= 0:
         return None
     s = float(strength)
     L = keras.layers
-    return keras.Sequential([
-        L.RandomFlip("horizontal", seed=seed),
+    return keras.Sequential(([L.RandomFlip("horizontal", seed=seed)] if flip else []) + [
         L.RandomRotation(0.08 * s, fill_mode="reflect", seed=seed + 1),
         L.RandomZoom((-0.15 * s, 0.15 * s), fill_mode="reflect", seed=seed + 2),
         L.RandomTranslation(0.1 * s, 0.1 * s, fill_mode="reflect", seed=seed + 3),
@@ -21,11 +23,11 @@ def augmenter(strength, seed=0):
     ], name="augment")
 
 
-def preview(images, strength, path, per_image=5, seed=0):
+def preview(images, strength, path, per_image=5, seed=0, flip=True):
     """A PNG grid: each row an original image then `per_image` augmented versions."""
     from .plots import plt, save
 
-    aug = augmenter(strength, seed)
+    aug = augmenter(strength, seed, flip)
     images = np.asarray(images, np.float32)
     cols = per_image + 1
     fig, axes = plt.subplots(len(images), cols, figsize=(1.6 * cols, 1.6 * len(images)), squeeze=False)

@@ -29,6 +29,42 @@ class ReduceLROnPlateau(_Resumable, keras.callbacks.ReduceLROnPlateau):
     STATE = ("wait", "best", "cooldown_counter")
 
 
+class WarmupCosine(keras.callbacks.Callback):
+    """Learning rate per epoch: linear warm-up over `warmup` epochs, then a cosine down to `floor` x peak
+    at the phase's last epoch. It depends on the epoch number alone, so a resumed run picks it up exactly."""
+
+    def __init__(self, peak, epochs, warmup=0, floor=0.01):
+        super().__init__()
+        self.peak, self.epochs, self.warmup, self.floor = peak, epochs, min(warmup, max(0, epochs - 1)), floor
+
+    def rate(self, epoch):
+        import math
+
+        if epoch < self.warmup:
+            return self.peak * (epoch + 1) / (self.warmup + 1)
+        span = max(1, self.epochs - 1 - self.warmup)
+        t = min(1.0, (epoch - self.warmup) / span)
+        return self.peak * (self.floor + (1 - self.floor) * 0.5 * (1 + math.cos(math.pi * t)))
+
+    def on_epoch_begin(self, epoch, logs=None):
+        keras.backend.set_value(self.model.optimizer.learning_rate, self.rate(epoch))
+
+
+class Warmup(keras.callbacks.Callback):
+    """Linear warm-up of the learning rate over the first `epochs` epochs of a phase; after that the
+    plateau schedule owns it. Also a function of the epoch number alone (resume-safe)."""
+
+    def __init__(self, peak, epochs):
+        super().__init__()
+        self.peak, self.epochs = peak, epochs
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if epoch < self.epochs:
+            keras.backend.set_value(self.model.optimizer.learning_rate, self.peak * (epoch + 1) / (self.epochs + 1))
+        elif epoch == self.epochs:
+            keras.backend.set_value(self.model.optimizer.learning_rate, self.peak)
+
+
 def optimizer_state(optimizer):
     return [v.numpy() for v in optimizer.variables()]
 

@@ -1,7 +1,8 @@
 """The built-in demo dataset: scikit-learn's real handwritten digits as an imbalanced RGB image tree.
 
 It is written to disk as PNG files, one folder per class, so the demo runs through the
-very code path user data does. Class sizes fall geometrically from 160 to 20 (8:1).
+very code path user data does. Class sizes fall geometrically from 174 to 44 (4:1): with the
+20-image smallest class of an earlier 8:1 version, a from-scratch ResNet-50 scored 0.88 on test.
 """
 from pathlib import Path
 
@@ -10,7 +11,7 @@ from PIL import Image
 
 from edge_runtime.files import write_text
 
-LARGEST, SMALLEST, SIZE = 160, 20, 32
+LARGEST, SMALLEST, SIZE = 174, 44, 32
 
 
 def class_sizes(num_classes=10):
@@ -19,11 +20,16 @@ def class_sizes(num_classes=10):
 
 
 def make_demo(root, seed=0):
-    """Write the demo tree under root (once; a complete tree is reused) and return root."""
+    """Write the demo tree under root (once; a complete tree of these class sizes is reused) and return root."""
+    import shutil
+
     root = Path(root)
     marker = root / ".complete"
-    if marker.exists():
+    version = f"complete: {','.join(map(str, class_sizes()))} seed {seed}\n"
+    if marker.exists() and marker.read_text() == version:
         return root
+    if root.exists():  # an older or partial tree: start again
+        shutil.rmtree(root)
     from sklearn.datasets import load_digits
 
     digits = load_digits()
@@ -39,5 +45,5 @@ def make_demo(root, seed=0):
             bg = rng.integers(0, 60, 3)
             rgb = (bg + ink[..., None] * (fg - bg)).astype(np.uint8)
             Image.fromarray(rgb).resize((SIZE, SIZE), Image.BILINEAR).save(out / f"{i:04d}.png")
-    write_text(marker, "complete\n")
+    write_text(marker, version)
     return root

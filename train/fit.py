@@ -223,7 +223,7 @@ def _fit_and_finish(run, cfg, samples, class_names, state):
     import tf_keras as keras
 
     from .augment import augmenter, preview
-    from .callbacks import EarlyStopping, EpochCheckpoint, ReduceLROnPlateau, restore_optimizer
+    from .callbacks import EarlyStopping, EpochCheckpoint, ReduceLROnPlateau, Warmup, WarmupCosine, restore_optimizer
     from .model import build_model, set_phase, unfreeze_start
     from .pipeline import dataset
 
@@ -236,7 +236,7 @@ def _fit_and_finish(run, cfg, samples, class_names, state):
     index = {c: i for i, c in enumerate(class_names)}
     root = Path(cfg["data_root"])
     subset = {k: [s for s in samples if s.subset == k] for k in ("train", "val", "test")}
-    aug = augmenter(cfg["augment"], cfg["seed"])
+    aug = augmenter(cfg["augment"], cfg["seed"], cfg.get("flip", True))
     size = cfg["image_size"]
     train_ds = dataset(root, subset["train"], index, size, cfg["batch_size"], training=True, augment=aug, seed=cfg["seed"])
     val_ds = dataset(root, subset["val"], index, size, cfg["batch_size"])
@@ -246,7 +246,8 @@ def _fit_and_finish(run, cfg, samples, class_names, state):
     if not run.augment_preview.exists() and aug is not None:
         from edge_runtime.preprocess import load_pixels
         picks = subset["train"][:: max(1, len(subset["train"]) // 4)][:4]
-        preview([load_pixels(root / s.path, size) for s in picks], cfg["augment"], run.augment_preview, seed=cfg["seed"])
+        preview([load_pixels(root / s.path, size) for s in picks], cfg["augment"], run.augment_preview, seed=cfg["seed"],
+                flip=cfg.get("flip", True))
 
     with strategy.scope():
         model = build_model(cfg, len(class_names))
@@ -271,7 +272,8 @@ def _fit_and_finish(run, cfg, samples, class_names, state):
         if start < epochs:
             with strategy.scope():
                 trainable = set_phase(model, phase, cfg)
-                model.compile(optimizer=keras.optimizers.Adam(lr), loss="sparse_categorical_crossentropy",
+                clip = {"global_clipnorm": cfg["clip_norm"]} if cfg.get("clip_norm") else {}
+                model.compile(optimizer=keras.optimizers.Adam(lr, **clip), loss="sparse_categorical_crossentropy",
                               metrics=["accuracy"], jit_compile=bool(cfg["xla"]))
                 if resume:
                     with np.load(store.path("optimizer.npz")) as z:
@@ -280,10 +282,16 @@ def _fit_and_finish(run, cfg, samples, class_names, state):
             log(f"phase {phase} ({phase_description(cfg, phase)}): "
                 f"{trainable:,} trainable parameters, epochs {start + 1}..{epochs}, lr {lr:g}")
             es = EarlyStopping(monitor=monitor, patience=cfg["patience"], resume_state=cb_state.get("early_stopping"))
-            rlr = ReduceLROnPlateau(monitor=monitor, factor=0.3, patience=cfg["lr_patience"], min_lr=1e-7, verbose=1,
-                                    resume_state=cb_state.get("reduce_lr"))
-            callbacks = [es, rlr, keras.callbacks.TensorBoard(str(run.logs / f"phase{phase}"), profile_batch=0),
-                         EpochCheckpoint(store, phase, monitor, {"early_stopping": es, "reduce_lr": rlr}, is_chief())]
+            resumable = {"early_stopping": es}
+            if cfg.get("schedule", "plateau") == "cosine":
+                lr_cb = WarmupCosine(lr, epochs, warmup=cfg.get("warmup_epochs") or 0)
+            else:
+                lr_cb = resumable["reduce_lr"] = ReduceLROnPlateau(
+                    monitor=monitor, factor=0.3, patience=cfg["lr_patience"], min_lr=1e-7, verbose=1,
+                    resume_state=cb_state.get("reduce_lr"))
+            warm = [Warmup(lr, cfg["warmup_epochs"])] if cfg.get("warmup_epochs") and not isinstance(lr_cb, WarmupCosine) else []
+            callbacks = warm + [es, lr_cb, keras.callbacks.TensorBoard(str(run.logs / f"phase{phase}"), profile_batch=0),
+                         EpochCheckpoint(store, phase, monitor, resumable, is_chief())]
             model.fit(train_ds, validation_data=val_ds if subset["val"] else None, epochs=epochs, initial_epoch=start,
                       class_weight=class_weight, callbacks=callbacks, verbose=verbose)
         # the phase ends on its best weights (best over all phases so far)

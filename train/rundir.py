@@ -52,9 +52,11 @@ class Run:
 
     def manifest(self):
         """The export manifest; one clear error when there is no export or it is unreadable."""
+        from edge_runtime.files import read_manifest
+
         if not self.export_manifest.is_file():
             raise InputError(f"{self.path} has no export yet; run `make export RUN={self.path}` first")
-        return _read_json(self.export_manifest)
+        return read_manifest(self.export_manifest)
 
     def data_root(self):
         return Path(self.config()["data_root"])

@@ -1,0 +1,85 @@
+"""Graph surgery on ONNX Runtime's QDQ models: keep chosen nodes computing in float.
+
+`nodes_to_exclude` in ONNX Runtime's quantizer is not enough for that: an excluded node still sits
+between a DequantizeLinear on its input and a QuantizeLinear on its output, and ONNX Runtime's
+WeightBiasQuantization optimizer (run at load time, every optimization level above "disabled")
+quantizes its float weights itself, per tensor. For a depthwise convolution that is ruinous
+(measured on Leeds, MobileNet 0.25: agreement with Keras 0.112 with the depthwise convs "excluded").
+So a node kept float gets its float weights back and loses the Q/DQ pair on its output (and on the
+output of the Relu/Clip after it, which the quantizer must keep as a node for that: the
+`QDQKeepRemovableActivations` option). Its neighbours read and write float there.
+"""
+import copy
+
+
+
+def float_nodes(qdq, float_model, names):
+    """A copy of the QDQ model with the named nodes computing in float: float weights and bias from
+    float_model, and no Q/DQ pair on their outputs (nor after the Relu/Clip that follows them)."""
+    m = copy.deepcopy(qdq)
+    g = m.graph
+    names = set(names)
+    float_nodes_by_name = {n.name: n for n in float_model.graph.node}
+    float_inits = {i.name: i for i in float_model.graph.initializer}
+    have = {i.name for i in g.initializer}
+    producer = {o: n for n in g.node for o in n.output}
+    consumers = {}
+    for n in g.node:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n)
+    bypass = set()
+    for n in g.node:
+        if n.name not in names:
+            continue
+        src = float_nodes_by_name[n.name]
+        for k, inp in enumerate(n.input):
+            p = producer.get(inp)
+            if p is not None and p.op_type == "DequantizeLinear" and p.input[0] in have:  # a quantized weight or bias
+                fname = src.input[k] + "_float"  # the DQ's output may carry the original name
+                if fname not in have:
+                    init = copy.deepcopy(float_inits[src.input[k]])
+                    init.name = fname
+                    g.initializer.append(init)
+                    have.add(fname)
+                n.input[k] = fname
+        for out in n.output:
+            bypass.add(out)
+            for c in _readers(out, consumers):
+                if c.op_type in ("Relu", "Clip"):  # the activation fused with it: its output stays float too
+                    bypass.update(c.output)
+    # drop the Q/DQ pairs on the bypassed tensors: consumers of the DQ read the float tensor
+    drop = []
+    for q in [n for n in g.node if n.op_type == "QuantizeLinear" and n.input[0] in bypass]:
+        for dq in [n for n in g.node if n.op_type == "DequantizeLinear" and n.input[0] == q.output[0]]:
+            for n in g.node:
+                for k, inp in enumerate(n.input):
+                    if inp == dq.output[0]:
+                        n.input[k] = q.input[0]
+            for o in g.output:
+                if o.name == dq.output[0]:
+                    o.name = q.input[0]
+            drop.append(dq)
+        drop.append(q)
+    for n in drop:
+        g.node.remove(n)
+    # dequantize nodes and weights nothing reads any more
+    used = {i for n in g.node for i in n.input} | {o.name for o in g.output}
+    for dq in [n for n in g.node if n.op_type == "DequantizeLinear" and n.output[0] not in used]:
+        g.node.remove(dq)
+    used = {i for n in g.node for i in n.input}
+    for init in [i for i in g.initializer if i.name not in used]:
+        g.initializer.remove(init)
+    return m
+
+
+def _readers(tensor, consumers):
+    """The nodes reading a tensor, looking through a Q/DQ pair on it."""
+    out = []
+    for c in consumers.get(tensor, []):
+        if c.op_type == "QuantizeLinear":
+            for dq in consumers.get(c.output[0], []):
+                if dq.op_type == "DequantizeLinear":
+                    out += consumers.get(dq.output[0], [])
+        else:
+            out.append(c)
+    return out
