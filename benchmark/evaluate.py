@@ -113,10 +113,11 @@ def measure_all(run, variant_names=None, batch=16, timing=None, threads=None):
                    "size_mb": path.stat().st_size / 1e6, "status": "ok"}
             base = {"name": name, "kind": kind, "model": str(path), "pixels": str(Path(work) / "pixels.npy"),
                     "paths": [str(p) for p in paths], "batch": batch, "timing": timing}
+            timed = name != QAT_SOURCE  # the QAT source is an accuracy reference, never deployed: not timed
             try:
-                full = run_worker(dict(base, threads=cores, full=True, probs_out=str(Path(work) / f"{name}.npy"),
+                full = run_worker(dict(base, threads=cores, full=True, timed=timed, probs_out=str(Path(work) / f"{name}.npy"),
                                        result_out=str(Path(work) / f"{name}-all.json")), work)
-                single = full if cores == 1 else run_worker(
+                single = full if cores == 1 or not timed else run_worker(
                     dict(base, threads=1, full=False, result_out=str(Path(work) / f"{name}-1.json")), work)
                 probs_by_name[name] = np.load(Path(work) / f"{name}.npy")
             except RuntimeError as e:
@@ -124,7 +125,9 @@ def measure_all(run, variant_names=None, batch=16, timing=None, threads=None):
                 log(f"    FAILED: {e}")
                 rows.append(row)
                 continue
-            row.update(timings(full, single, cores))
+            row.update(timings(full, single, cores) if timed else
+                       {"load_seconds": full["load_seconds"], "peak_rss_mb": full["peak_rss_mb"], "p50_ms": None,
+                        "p50_ms_1thread": None})
             row.update(accuracy(y, probs_by_name[name], probs_by_name.get(REFERENCE), class_names,
                                 probs_by_name.get(agree_ref) if agree_ref else None))
             row["agreement_reference"] = agree_ref
@@ -134,8 +137,9 @@ def measure_all(run, variant_names=None, batch=16, timing=None, threads=None):
             rows.append(row)
             log(f"    top-1 {row['top1']:.3f}" + (f" ({row['top1_change_points']:+.1f} pts, agreement {row['agreement']:.3f})"
                                                      if row.get("agreement") is not None else "")
-                + f", p50 {row['p50_ms']:.1f} ms ({cores} threads), {row['p50_ms_1thread']:.1f} ms (1 thread), "
-                  f"{row['size_mb']:.1f} MB, peak {row['peak_rss_mb']:.0f} MB")
+                + (f", p50 {row['p50_ms']:.1f} ms ({cores} threads), {row['p50_ms_1thread']:.1f} ms (1 thread)"
+                   if timed else " (an accuracy reference: not timed)")
+                + f", {row['size_mb']:.1f} MB, peak {row['peak_rss_mb']:.0f} MB")
     for name, why in unavailable.items():  # asked for but not there: it fails the gate, it is not skipped
         v = next(v for v in select(variant_names) if v.name == name)
         rows.append({"variant": name, "format": v.format, "precision": v.precision, "status": "missing", "error": why})
@@ -155,7 +159,7 @@ def measure_all(run, variant_names=None, batch=16, timing=None, threads=None):
         raise InputError(f"the Keras reference model could not be measured: {rows[0].get('error')}")
     for r in rows:
         if r["status"] == "ok":
-            r["speedup_vs_keras"] = ref["p50_ms"] / r["p50_ms"] if r["p50_ms"] > 0 else None
+            r["speedup_vs_keras"] = ref["p50_ms"] / r["p50_ms"] if r.get("p50_ms") else None
     context = {"test_images": len(paths), "classes": class_names, "threads": [1, cores], "batch": batch,
                "timing": timing, "unavailable": unavailable, "labels": y.tolist()}
     return rows, context

@@ -125,7 +125,7 @@ def csv_text(rows):
 def plot_accuracy_vs_latency(rows, path, max_drop):
     from train.plots import plt, save
 
-    ok = [r for r in rows if r["status"] == "ok"]
+    ok = [r for r in rows if r["status"] == "ok" and r.get("p50_ms")]  # timed rows only
     fig, ax = plt.subplots(figsize=(8, 5.5))
     colors = {"keras": "black", "tflite": "tab:blue", "onnx": "tab:orange"}
     for r in ok:

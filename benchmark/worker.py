@@ -83,6 +83,12 @@ def measure(job):
     t0 = time.perf_counter()
     model = (KerasModel if job["kind"] == "keras" else EdgeModel)(job["model"], threads)
     result = {"threads": threads, "load_seconds": time.perf_counter() - t0}
+    if not job.get("timed", True):  # an accuracy reference only: its probabilities, no timing
+        probs = np.concatenate([model.probabilities(pixels[i : i + job["batch"]]) for i in range(0, n, job["batch"])])
+        with atomic_path(job["probs_out"], suffix=".npy") as tmp:
+            np.save(tmp, probs.astype(np.float32))
+        result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+        return result
     inputs = model.model_input(pixels)  # quantized once, so "bare" times the interpreter alone
     one = [inputs[i : i + 1] for i in range(n)]
     one_px = [pixels[i : i + 1] for i in range(n)]

@@ -13,7 +13,8 @@ def main(argv=None):
     p.add_argument("--run", help="run folder (default: the newest finished run in runs/)")
     p.add_argument("--variants", help="comma-separated subset of: " + ", ".join(v.name for v in VARIANTS))
     p.add_argument("--calibration-images", type=int, default=300, help="representative images for int8 (default 300, or the whole training split if smaller)")
-    p.add_argument("--qat-epochs", type=int, default=2, help="quantization-aware fine-tuning epochs")
+    p.add_argument("--qat-epochs", type=int,
+                   help="quantization-aware fine-tuning epochs (default 2; 1 for the demo, to keep it within 10 minutes)")
     p.add_argument("--qat-lr", type=float, default=1e-5)
     p.add_argument("--smoke-images", type=int, default=16, help="validation images compared with the Keras model after each conversion")
     g = p.add_argument_group("accuracy-aware fallback (integer variants; decided on the validation split)")
@@ -33,7 +34,7 @@ def main(argv=None):
         from .exporter import export_run, log
         from .variants import select
 
-        if a.calibration_images < 1 or a.smoke_images < 1 or a.qat_epochs < 0:
+        if a.calibration_images < 1 or a.smoke_images < 1 or (a.qat_epochs or 0) < 0:
             raise InputError("--calibration-images and --smoke-images must be at least 1, --qat-epochs at least 0")
         select(a.variants)  # an unknown name fails before any slow work
         run = resolve_run(a.run)

@@ -30,7 +30,7 @@ def log(msg):
 class Context:
     """What converters need from the run, each loaded once and only when first asked for."""
 
-    def __init__(self, run, calibration_images=300, qat_epochs=2, qat_lr=1e-5, smoke_images=16, seed=0,
+    def __init__(self, run, calibration_images=300, qat_epochs=None, qat_lr=1e-5, smoke_images=16, seed=0,
                  budget=None, onnx_calibration="minmax"):
         from .fallback import Budget
 
@@ -42,6 +42,8 @@ class Context:
         self.data_root = run.data_root()
         self.samples = run.split()
         self.calibration_count, self.smoke_count = calibration_images, smoke_images
+        if qat_epochs is None:
+            qat_epochs = 1 if self.config.get("demo") else 2
         self.qat_epochs, self.qat_lr, self.seed = qat_epochs, qat_lr, seed
         self.size = tuple(self.config["image_size"])
         self.log = log

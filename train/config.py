@@ -14,7 +14,7 @@ from .backbones import BACKBONES
 # The demo trains ResNet-50 from random weights on 8x8-pixel digits: 32 px loses nothing, no augmentation
 # (a flipped or rotated digit is another digit). From scratch, Adam at 1e-3 blew up in the first epochs
 # (validation loss 42) until a 3-epoch warm-up and gradient clipping at norm 1 steadied it (measured).
-DEMO_DEFAULTS = {"weights": "none", "image_size": "32", "epochs_head": 15, "epochs_finetune": 5, "batch_size": 32,
+DEMO_DEFAULTS = {"weights": "none", "image_size": "32", "epochs_head": 15, "epochs_finetune": 3, "batch_size": 32,
                  "augment": 0.0, "flip": False, "patience": 8, "lr_patience": 4,
                  "schedule": "plateau", "warmup_epochs": 3, "clip_norm": 1.0}
 DATA_DEFAULTS = {"weights": "imagenet", "image_size": "224", "epochs_head": 10, "epochs_finetune": 10, "batch_size": 32,
