@@ -1,6 +1,7 @@
 # make train export benchmark   -- the whole pipeline (demo dataset unless DATA is given)
 # make test                     -- the test suite, slow tests on the Leeds butterflies included
 # make bundle                   -- dist/<run>-<variant>.tar.gz for a Raspberry Pi (the fastest passing variant)
+# make pi-check VARIANT=...     -- that bundle classifying test images on an emulated aarch64 Raspberry Pi OS
 # Every target creates .venv first when it is missing.
 
 PYTHON    ?= python3
@@ -39,6 +40,7 @@ MAX_DROP ?=
 MIN_AGREEMENT ?=
 BENCH_ARGS ?=
 VARIANT ?=
+IMAGES ?=
 GPU ?=
 PYTEST_ARGS ?=
 
@@ -58,7 +60,7 @@ EXPORT_OPTS = $(call opt,--run,$(RUN)) $(call opt,--variants,$(VARIANTS)) $(call
 BENCH_OPTS = $(call opt,--run,$(RUN)) $(call opt,--variants,$(VARIANTS)) $(call opt,--max-drop,$(MAX_DROP)) \
   $(call opt,--min-agreement,$(MIN_AGREEMENT)) $(BENCH_ARGS)
 
-.PHONY: setup train export benchmark test test-fast bundle preview-augment clean
+.PHONY: setup train export benchmark test test-fast bundle pi-check preview-augment clean
 
 # GPU=1 adds TensorFlow's CUDA wheels, also to an environment that already exists (its own stamp).
 GPU_STAMP := $(VENV)/.installed-gpu
@@ -87,6 +89,11 @@ export: $(ENV)
 
 benchmark: $(ENV)
 	$(PY) -m benchmark $(BENCH_OPTS)
+
+# The bundle on an emulated aarch64 Raspberry Pi OS-like Python (installs qemu-user-static and mmdebstrap
+# from Debian's packages when missing; needs root for that and for unpacking the arm64 userland into .pi/).
+pi-check: $(ENV)
+	$(PY) -m benchmark.pi_check $(call opt,--run,$(RUN)) $(call opt,--variant,$(VARIANT)) $(call opt,--images,$(IMAGES))
 
 bundle: $(ENV)
 	$(PY) -m export.bundle $(call opt,--run,$(RUN)) $(call opt,--variant,$(VARIANT))

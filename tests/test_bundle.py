@@ -63,3 +63,33 @@ def test_bundle_runs_in_a_fresh_venv_without_tensorflow(tiny_export, tmp_path):
     assert [t["probability"] for t in top] == pytest.approx([p for _, p in expected], abs=1e-6)
     info = subprocess.run([py, "-m", "edge_runtime", "info", "model-int8.tflite"], cwd=bundle, capture_output=True, text=True)
     assert info.returncode == 0 and json.loads(info.stdout)["checksum_verified"] is True
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("variant", ["tflite-int8", "onnx-fp32"])
+def test_bundle_classifies_like_the_host_on_an_emulated_raspberry_pi(tiny_export, tmp_path, variant):
+    """make pi-check: the bundle's own requirements installed for aarch64 and run under qemu. Where this
+    machine cannot (not root, no apt-get, no Debian mirror) it says why on one line and the test skips."""
+    proc = run_cli("-m", "benchmark.pi_check", "--run", str(tiny_export.path), "--variant", variant, "--images", "6",
+                   "--dist", str(tmp_path), timeout=3600)
+    if proc.returncode == 3:
+        pytest.skip(proc.stderr.strip().splitlines()[-1])
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    result = json.loads((tiny_export.path / "pi_check" / f"{variant}.json").read_text())
+    assert result["guest"]["machine"] == "aarch64" and result["guest"]["python"].startswith("3.11")
+    assert result["passed"] and result["same_top1"] == result["images"] == 6
+    runtime = {"tflite-int8": "ai-edge-litert", "onnx-fp32": "onnxruntime"}[variant]
+    assert runtime in result["guest"]["versions"]  # installed from the bundle's own requirements.txt
+    assert "aarch64" in proc.stdout and "| image | host | Pi (emulated) |" in proc.stdout
+
+
+def test_pi_check_says_in_one_line_why_this_machine_cannot_run_it(monkeypatch):
+    import benchmark.pi_check as pc
+
+    monkeypatch.setattr(pc.shutil, "which", lambda name: "/usr/bin/apt-get" if name == "apt-get" else None)
+    monkeypatch.setattr(pc.os, "geteuid", lambda: 1000)
+    with pytest.raises(pc.Unavailable, match="needs root"):
+        pc.ensure_tools()
+    monkeypatch.setattr(pc.shutil, "which", lambda name: None)
+    with pytest.raises(pc.Unavailable, match="no apt-get"):
+        pc.ensure_tools()
