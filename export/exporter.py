@@ -146,6 +146,18 @@ class Context:
         return pixels, self.model.predict(pixels.astype(np.float32), verbose=0)
 
 
+def _tflite_metadata(path, ctx, variant, manifest):
+    from .tflite_metadata import LABELS_FILE, PARSER_VERSION, add_metadata
+
+    name = f"{ctx.run.path.name} {variant.name}"
+    version = manifest["source_model"]["sha256"][:12]  # the trained model this file comes from
+    description = (f"Image classifier, {len(ctx.class_names)} classes, {ctx.config['backbone']} fine-tuned; "
+                   f"{variant.precision}")
+    add_metadata(path, ctx.class_names, ctx.size, name, description, version)
+    return {"name": name, "version": version, "labels_file": LABELS_FILE, "normalization": {"mean": [0.0], "std": [1.0]},
+            "parser_version": PARSER_VERSION}
+
+
 def save_traced(model, size, path):
     """The Keras model as a SavedModel with one signature: input "image", float32 raw pixels, any batch."""
     from train import import_tensorflow
@@ -223,6 +235,8 @@ def _export_each(chosen, ctx, out, manifest, failed):
         try:
             with atomic_path(final, suffix=final.suffix) as tmp:
                 extra = v.convert(ctx, tmp) or {}
+                if v.format == "tflite":  # mobile-ready: labels and input description for MediaPipe and co.
+                    extra["metadata"] = _tflite_metadata(tmp, ctx, v, manifest)
                 info, smoke = smoke_check(tmp, ctx, extra.pop("smoke_reference", None))
             entry = {
                 "file": v.filename, "format": v.format, "precision": v.precision, "status": "ok",

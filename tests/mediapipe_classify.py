@@ -1,0 +1,19 @@
+"""Run by tests/test_mobile.py inside a venv holding mediapipe: ImageClassifier on pre-resized uint8 RGB images.
+
+python mediapipe_classify.py MODEL.tflite PIXELS.npy OUT.json -> every category per image, best first.
+"""
+import json, sys
+import numpy as np
+import mediapipe as mp
+from mediapipe.tasks import python as mp_tasks
+from mediapipe.tasks.python import vision
+
+model, pixels, out = sys.argv[1:4]
+options = vision.ImageClassifierOptions(base_options=mp_tasks.BaseOptions(model_asset_path=model), max_results=-1)
+results = []
+with vision.ImageClassifier.create_from_options(options) as clf:
+    for img in np.load(pixels):
+        res = clf.classify(mp.Image(image_format=mp.ImageFormat.SRGB, data=np.ascontiguousarray(img)))
+        cats = res.classifications[0].categories
+        results.append([{"index": c.index, "label": c.category_name, "score": c.score} for c in cats])
+json.dump(results, open(out, "w"))
