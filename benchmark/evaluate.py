@@ -54,6 +54,32 @@ def test_set(run):
 QAT_SOURCE = "qat-source"
 
 
+def mobile_resize(rgb, size):
+    """uint8 (H, W, 3) -> `size` by plain bilinear interpolation with half-pixel centres and no antialiasing:
+    how MediaPipe and most mobile pipelines resize (TF's resize_bilinear, OpenCV's INTER_LINEAR). Our
+    contract uses Pillow's bilinear, which antialiases when it shrinks; the benchmark measures the gap."""
+    src = np.asarray(rgb, np.float32)
+    h, w = int(size[0]), int(size[1])
+    sh, sw = src.shape[:2]
+
+    def grid(n_out, n_in):
+        x = np.clip((np.arange(n_out) + 0.5) * n_in / n_out - 0.5, 0, n_in - 1)
+        lo = np.floor(x).astype(int)
+        return lo, np.minimum(lo + 1, n_in - 1), (x - lo)[:, None]
+
+    y0, y1, fy = grid(h, sh)
+    x0, x1, fx = grid(w, sw)
+    rows = src[y0] * (1 - fy[..., None]) + src[y1] * fy[..., None]  # (h, sw, 3)
+    out = rows[:, x0] * (1 - fx) + rows[:, x1] * fx
+    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+
+
+def mobile_pixels(paths, size):
+    from edge_runtime.preprocess import decode
+
+    return np.stack([mobile_resize(np.asarray(decode(p)), size) for p in paths])
+
+
 def targets(run, variant_names=None):
     """[(name, format, precision, path, kind, agreement reference, manifest entry)]: the Keras reference,
     then each exported variant in table order (a QAT variant preceded by its float source, the
@@ -107,6 +133,7 @@ def measure_all(run, variant_names=None, batch=16, timing=None, threads=None):
     rows, probs_by_name = [], {}
     with tempfile.TemporaryDirectory(prefix="benchmark-") as work:
         np.save(Path(work) / "pixels.npy", pixels)  # the very same uint8 images reach every model
+        np.save(Path(work) / "mobile.npy", mobile_pixels(paths, pixels.shape[1:3]))  # and resized the mobile way
         for i, (name, fmt, precision, path, kind, agree_ref, entry) in enumerate(chosen, 1):
             log(f"[{i}/{len(chosen)}] {name} ({fmt}, {precision}): measuring in a fresh process")
             row = {"variant": name, "format": fmt, "precision": precision, "file": str(path),
@@ -116,10 +143,13 @@ def measure_all(run, variant_names=None, batch=16, timing=None, threads=None):
             timed = name != QAT_SOURCE  # the QAT source is an accuracy reference, never deployed: not timed
             try:
                 full = run_worker(dict(base, threads=cores, full=True, timed=timed, probs_out=str(Path(work) / f"{name}.npy"),
+                                       mobile_pixels=str(Path(work) / "mobile.npy"),
+                                       mobile_probs_out=str(Path(work) / f"{name}-mobile.npy"),
                                        result_out=str(Path(work) / f"{name}-all.json")), work)
                 single = full if cores == 1 or not timed else run_worker(
                     dict(base, threads=1, full=False, result_out=str(Path(work) / f"{name}-1.json")), work)
                 probs_by_name[name] = np.load(Path(work) / f"{name}.npy")
+                mobile = np.load(Path(work) / f"{name}-mobile.npy")
             except RuntimeError as e:
                 row.update(status="error", error=str(e))
                 log(f"    FAILED: {e}")
@@ -131,6 +161,10 @@ def measure_all(run, variant_names=None, batch=16, timing=None, threads=None):
             row.update(accuracy(y, probs_by_name[name], probs_by_name.get(REFERENCE), class_names,
                                 probs_by_name.get(agree_ref) if agree_ref else None))
             row["agreement_reference"] = agree_ref
+            own = probs_by_name[name]  # the same model fed the mobile way's pixels instead of the contract's
+            row.update(mobile_resize_top1=float(np.mean(mobile.argmax(1) == y)),
+                       mobile_resize_agreement=float(np.mean(mobile.argmax(1) == own.argmax(1))),
+                       mobile_resize_max_abs_prob_diff=float(np.abs(mobile - own).max()))
             fb = entry.get("fallback")
             if fb:
                 row.update(float_ops=len(fb["kept_float"]), fallback_met_budget=fb["met_budget"])

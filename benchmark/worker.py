@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edge_runtime.errors import InputError, exit_code
+from edge_runtime.errors import exit_code
 from edge_runtime.files import atomic_path, write_json
 from edge_runtime.preprocess import load_pixels
 
@@ -49,18 +49,10 @@ class KerasModel:
         tf = import_tensorflow()
         tf.config.threading.set_intra_op_parallelism_threads(threads)
         tf.config.threading.set_inter_op_parallelism_threads(1 if threads == 1 else 0)
-        import tf_keras as keras
+        from train.model import load_keras
 
-        try:
-            if "qat" in Path(path).name:  # the QAT float source holds tfmot's fake-quant layers
-                import tensorflow_model_optimization as tfmot
-
-                with tfmot.quantization.keras.quantize_scope():
-                    self.model = keras.models.load_model(str(path), compile=False)
-            else:
-                self.model = keras.models.load_model(str(path), compile=False)
-        except Exception as e:
-            raise InputError(f"{path}: cannot load the trained model ({str(e).splitlines()[0][:200]})") from None
+        # the QAT float source holds tfmot's fake-quant layers
+        self.model = load_keras(path, quantization_aware="qat" in Path(path).name)
         self.size = tuple(int(d) for d in self.model.input_shape[1:3])
         self._fn = tf.function(lambda x: self.model(x, training=False), reduce_retracing=True)
 
@@ -83,6 +75,11 @@ def measure(job):
     t0 = time.perf_counter()
     model = (KerasModel if job["kind"] == "keras" else EdgeModel)(job["model"], threads)
     result = {"threads": threads, "load_seconds": time.perf_counter() - t0}
+    if job.get("mobile_pixels"):  # the skew of a mobile app's resize: the same images, resized without antialiasing
+        mobile = np.load(job["mobile_pixels"])
+        probs = np.concatenate([model.probabilities(mobile[i : i + job["batch"]]) for i in range(0, n, job["batch"])])
+        with atomic_path(job["mobile_probs_out"], suffix=".npy") as tmp:
+            np.save(tmp, probs.astype(np.float32))
     if not job.get("timed", True):  # an accuracy reference only: its probabilities, no timing
         probs = np.concatenate([model.probabilities(pixels[i : i + job["batch"]]) for i in range(0, n, job["batch"])])
         with atomic_path(job["probs_out"], suffix=".npy") as tmp:

@@ -97,6 +97,11 @@ def to_rgb(img):
     return img
 
 
+def decode(source):
+    """The image as an RGB PIL image at its own size (EXIF orientation applied, any mode converted)."""
+    return to_rgb(_open(source))
+
+
 def load_pixels(source, size):
     """Decode `source` and return uint8 pixels of shape (height, width, 3).
 
@@ -104,7 +109,7 @@ def load_pixels(source, size):
     the subject is lost; training used the very same function.
     """
     h, w = int(size[0]), int(size[1])
-    img = to_rgb(_open(source))
+    img = decode(source)
     if img.size != (w, h):
         img = img.resize((w, h), Image.BILINEAR)
     return np.asarray(img, dtype=np.uint8)

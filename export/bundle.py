@@ -64,7 +64,10 @@ input {h}x{w} RGB. It needs Python 3.11 or newer and no TensorFlow.
     .venv/bin/python -m edge_runtime info {model}
 
 Any image Pillow reads works (JPEG, PNG, ...; grayscale, RGBA and EXIF-rotated photos included):
-it is resized to {h}x{w} exactly as in training, and the model does its own normalisation.
+it is resized to {h}x{w} exactly as in training (the whole image stretched, Pillow's bilinear, which
+antialiases when it shrinks), and the model does its own normalisation. Using the file in an app with its own
+resize (MediaPipe, Android, iOS: plain bilinear, no antialiasing) shifts probabilities a little; resize the
+same way as here where you can.
 `--threads` defaults to the runtime's choice; a Pi 4 or 5 has 4 cores.
 
 From Python:

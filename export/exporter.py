@@ -98,15 +98,12 @@ class Context:
         from train import import_tensorflow
 
         import_tensorflow()
-        import tf_keras as keras
+        from train.model import load_keras
 
         t0 = time.time()
-        try:
-            model = keras.models.load_model(str(self.run.model), compile=False)
-            self.timings["load model"] = round(time.time() - t0, 1)
-            return model
-        except Exception as e:
-            raise InputError(f"{self.run.model}: cannot load the trained model ({str(e).splitlines()[0][:200]})") from None
+        model = load_keras(self.run.model)
+        self.timings["load model"] = round(time.time() - t0, 1)
+        return model
 
     @cached_property
     def calibration(self):
@@ -153,7 +150,7 @@ def _tflite_metadata(path, ctx, variant, manifest):
     version = manifest["source_model"]["sha256"][:12]  # the trained model this file comes from
     description = (f"Image classifier, {len(ctx.class_names)} classes, {ctx.config['backbone']} fine-tuned; "
                    f"{variant.precision}")
-    add_metadata(path, ctx.class_names, ctx.size, name, description, version)
+    add_metadata(path, ctx.class_names, ctx.size, name, description, version)  # input text names the resize
     return {"name": name, "version": version, "labels_file": LABELS_FILE, "normalization": {"mean": [0.0], "std": [1.0]},
             "parser_version": PARSER_VERSION}
 

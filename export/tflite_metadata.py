@@ -109,7 +109,8 @@ def add_metadata(path, class_names, size, name, description, version, author="im
     with open(path, "rb") as f:
         model = f.read()
     meta = metadata_flatbuffer(class_names, size, name, description, version, author,
-                               f"RGB image resized to {size[1]}x{size[0]}, raw pixel values 0..255; "
+                               f"RGB image, the whole image stretched to {size[1]}x{size[0]} with antialiased "
+                               "bilinear resizing (Pillow's, as in training), raw pixel values 0..255; "
                                "normalisation is inside the model")
     with open(path, "wb") as f:
         f.write(with_metadata(model, meta, class_names))

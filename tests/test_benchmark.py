@@ -91,6 +91,7 @@ def test_benchmark_reports_every_variant(tiny_export):
     assert rows["tflite-fp32"]["agreement"] == 1.0 and rows["tflite-fp32"]["prob_max_abs_diff"] < 1e-3
     for r in rows.values():
         assert r["top1_change_points"] == pytest.approx(100 * (r["top1"] - rows["keras"]["top1"]))
+        assert 0.0 <= r["mobile_resize_agreement"] <= 1.0 and 0.0 <= r["mobile_resize_top1"] <= 1.0
         assert r["peak_rss_mb"] > 0 and r["size_mb"] > 0
         if r["variant"] == "qat-source":  # an accuracy reference, never deployed: not timed
             assert r["p50_ms"] is None and r.get("speedup_vs_keras") is None
@@ -106,7 +107,7 @@ def test_benchmark_reports_every_variant(tiny_export):
     md = (out / "report.md").read_text()
     assert "| variant | format | precision | size MB | top-1 | Δ top-1 (pts) | 95% CI | agreement | 95% CI (Wilson) |" in md
     assert all(f"| {name} |" in md for name in rows) and "## Per-class recall" in md
-    assert "## Which file to deploy on this machine" in md
+    assert "## Which file to deploy on this machine" in md and "same class, mobile resize" in md
     for png in ("accuracy_vs_latency.png", "confusion_float_vs_int8.png"):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -243,3 +244,16 @@ def test_recommendation_picks_among_passing_variants_only():
     assert rec["smallest"]["variant"] == "tflite-int8"
     assert rec["most_accurate"]["variant"] == "tflite-fp16"
     assert recommend(rows[:2], failures={}) == {}
+
+
+def test_mobile_resize_is_plain_bilinear_without_antialiasing():
+    import tensorflow as tf
+
+    from benchmark.evaluate import mobile_resize
+
+    img = np.random.default_rng(0).integers(0, 256, (97, 131, 3)).astype(np.uint8)
+    for size in ((32, 32), (64, 48), (200, 150)):
+        want = tf.image.resize(img[None].astype(np.float32), size, method="bilinear", antialias=False)[0].numpy()
+        got = mobile_resize(img, size)
+        assert got.shape == (*size, 3) and np.abs(got.astype(np.float32) - want).max() <= 0.5 + 1e-3  # rounding only
+    assert np.array_equal(mobile_resize(img, img.shape[:2]), img)

@@ -66,7 +66,7 @@ def test_bundle_runs_in_a_fresh_venv_without_tensorflow(tiny_export, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("variant", ["tflite-int8", "onnx-fp32"])
+@pytest.mark.parametrize("variant", ["tflite-int8", "onnx-int8"])
 def test_bundle_classifies_like_the_host_on_an_emulated_raspberry_pi(tiny_export, tmp_path, variant):
     """make pi-check: the bundle's own requirements installed for aarch64 and run under qemu. Where this
     machine cannot (not root, no apt-get, no Debian mirror) it says why on one line and the test skips."""
@@ -78,7 +78,7 @@ def test_bundle_classifies_like_the_host_on_an_emulated_raspberry_pi(tiny_export
     result = json.loads((tiny_export.path / "pi_check" / f"{variant}.json").read_text())
     assert result["guest"]["machine"] == "aarch64" and result["guest"]["python"].startswith("3.11")
     assert result["passed"] and result["same_top1"] == result["images"] == 6
-    runtime = {"tflite-int8": "ai-edge-litert", "onnx-fp32": "onnxruntime"}[variant]
+    runtime = {"tflite-int8": "ai-edge-litert", "onnx-int8": "onnxruntime"}[variant]
     assert runtime in result["guest"]["versions"]  # installed from the bundle's own requirements.txt
     assert "aarch64" in proc.stdout and "| image | host | Pi (emulated) |" in proc.stdout
 

@@ -46,16 +46,9 @@ def test_every_variant_loads_in_edge_runtime_and_gives_probabilities(tiny_export
 
 
 def _keras_probabilities(path, pixels, qat=False):
-    import tf_keras as keras
+    from train.model import load_keras
 
-    if qat:
-        import tensorflow_model_optimization as tfmot
-
-        with tfmot.quantization.keras.quantize_scope():
-            model = keras.models.load_model(str(path), compile=False)
-    else:
-        model = keras.models.load_model(str(path), compile=False)
-    return model.predict(pixels.astype(np.float32), verbose=0)
+    return load_keras(path, quantization_aware=qat).predict(pixels.astype(np.float32), verbose=0)
 
 
 def test_onnx_files_carry_labels_and_a_dynamic_batch(tiny_export):

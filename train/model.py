@@ -84,6 +84,23 @@ def build_model(cfg, num_classes):
     return keras.Model(inputs, outputs, name=f"{cfg['backbone']}_classifier")
 
 
+def load_keras(path, quantization_aware=False):
+    """A saved Keras model (inference only), or one clear InputError naming the file and the reason.
+
+    quantization_aware: the file holds tfmot's fake-quant layers (the QAT source), loaded in their scope.
+    """
+    try:
+        if quantization_aware:
+            import tensorflow_model_optimization as tfmot
+
+            with tfmot.quantization.keras.quantize_scope():
+                return keras.models.load_model(str(path), compile=False)
+        return keras.models.load_model(str(path), compile=False)
+    except Exception as e:
+        reason = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        raise InputError(f"{path}: cannot load the trained model ({reason})") from None
+
+
 def backbone_layers(model):
     return [l for l in model.layers if l.name not in HEAD and l.name != "preprocess"
             and not isinstance(l, keras.layers.InputLayer)]
