@@ -1,4 +1,5 @@
-"""Slow: transfer learning on the real Leeds butterflies with the real ImageNet MobileNet, default recipe."""
+"""Slow: transfer learning on the real Leeds butterflies with the real ImageNet MobileNet, default recipe;
+then its integer files on an emulated Raspberry Pi."""
 import json
 
 import pytest
@@ -27,3 +28,15 @@ def test_default_recipe_on_leeds_butterflies(tmp_path):
     state = Run(run).state()
     probe = [h for h in state["history"] if h.get("C") is not None]
     assert probe and all(h["converged"] for h in probe), "phase 1 must solve the head to convergence"
+
+    # where users deploy it: both integer files of this real model, on an emulated Raspberry Pi
+    proc = run_cli("-m", "export", "--run", str(run), "--variants", "tflite-int8,onnx-int8", timeout=1800)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for variant in ("tflite-int8", "onnx-int8"):
+        proc = run_cli("-m", "benchmark.pi_check", "--run", str(run), "--variant", variant, "--images", "8",
+                       "--dist", str(tmp_path / "dist"), timeout=3600)
+        if proc.returncode == 3:
+            pytest.skip(proc.stderr.strip().splitlines()[-1])
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        result = json.loads((run / "pi_check" / f"{variant}.json").read_text())
+        assert result["guest"]["machine"] == "aarch64" and result["same_top1"] == 8 and result["passed"]
