@@ -168,21 +168,22 @@ def _place_labels(fig, ax, rows):
     renderer = fig.canvas.get_renderer()
     placed = []
     offsets = [(6, 4)] + [(dx, dy) for step in range(1, 12) for dy in (4 + 11 * step, 4 - 11 * step) for dx in (6, 40)]
+    def annotate(r, offset):
+        return ax.annotate(f"{r['variant']} ({r['size_mb']:.1f} MB)", (r["p50_ms"], 100 * r["top1"]), fontsize=7,
+                           xytext=offset, textcoords="offset points", va="center",
+                           arrowprops=None if offset == offsets[0] else
+                           dict(arrowstyle="-", color="grey", lw=0.5, shrinkA=0, shrinkB=3))
+
     for r in sorted(rows, key=lambda r: (-r["top1"], r["p50_ms"])):
-        xy = (r["p50_ms"], 100 * r["top1"])
-        for dx, dy in offsets:
-            label = ax.annotate(f"{r['variant']} ({r['size_mb']:.1f} MB)", xy, fontsize=7, xytext=(dx, dy),
-                                textcoords="offset points", va="center",
-                                arrowprops=None if (dx, dy) == offsets[0] else
-                                dict(arrowstyle="-", color="grey", lw=0.5, shrinkA=0, shrinkB=3))
+        for offset in offsets:
+            label = annotate(r, offset)
             box = _text_box(label, renderer).expanded(1.02, 1.15)
             if not any(box.overlaps(b) for b in placed):
                 placed.append(box)
                 break
             label.remove()
         else:  # no free spot nearby: keep the first one rather than lose the label
-            label = ax.annotate(f"{r['variant']} ({r['size_mb']:.1f} MB)", xy, fontsize=7, xytext=offsets[0],
-                                textcoords="offset points", va="center")
+            annotate(r, offsets[0])
 
 
 def plot_confusions(rows, classes, path):

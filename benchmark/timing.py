@@ -17,10 +17,12 @@ def median_ci(seconds, z=1.96):
     return float(x[max(0, lo)]), float(x[min(n - 1, hi)])
 
 
+def _relative(lo, hi, median):
+    return (hi - lo) / 2 / median if median > 0 else 0.0
+
+
 def relative_ci(seconds):
-    lo, hi = median_ci(seconds)
-    med = float(np.median(seconds))
-    return (hi - lo) / 2 / med if med > 0 else 0.0
+    return _relative(*median_ci(seconds), float(np.median(seconds)))
 
 
 def summarize(seconds):
@@ -29,7 +31,7 @@ def summarize(seconds):
     lo, hi = median_ci(ms)
     return {"runs": int(len(ms)), "p50_ms": float(p50), "p90_ms": float(p90), "p99_ms": float(p99),
             "mean_ms": float(ms.mean()), "min_ms": float(ms.min()), "p50_ci_ms": [lo, hi],
-            "p50_ci_relative": relative_ci(ms)}
+            "p50_ci_relative": _relative(lo, hi, float(p50))}
 
 
 def latency(*fns, warmup=DEFAULTS["warmup"], min_runs=DEFAULTS["min_runs"], min_seconds=DEFAULTS["min_seconds"],

@@ -69,6 +69,13 @@ class KerasModel:
         return self.probabilities(load_pixels(path, self.size)[None])
 
 
+def save_probabilities(model, pixels, batch, out):
+    """The model's probabilities on every image, in batches, written to `out` (.npy) atomically."""
+    probs = np.concatenate([model.probabilities(pixels[i : i + batch]) for i in range(0, len(pixels), batch)])
+    with atomic_path(out, suffix=".npy") as tmp:
+        np.save(tmp, probs.astype(np.float32))
+
+
 def measure(job):
     pixels = np.load(job["pixels"])
     n, threads, timing = len(pixels), job["threads"], job["timing"]
@@ -76,14 +83,9 @@ def measure(job):
     model = (KerasModel if job["kind"] == "keras" else EdgeModel)(job["model"], threads)
     result = {"threads": threads, "load_seconds": time.perf_counter() - t0}
     if job.get("mobile_pixels"):  # the skew of a mobile app's resize: the same images, resized without antialiasing
-        mobile = np.load(job["mobile_pixels"])
-        probs = np.concatenate([model.probabilities(mobile[i : i + job["batch"]]) for i in range(0, n, job["batch"])])
-        with atomic_path(job["mobile_probs_out"], suffix=".npy") as tmp:
-            np.save(tmp, probs.astype(np.float32))
+        save_probabilities(model, np.load(job["mobile_pixels"]), job["batch"], job["mobile_probs_out"])
     if not job.get("timed", True):  # an accuracy reference only: its probabilities, no timing
-        probs = np.concatenate([model.probabilities(pixels[i : i + job["batch"]]) for i in range(0, n, job["batch"])])
-        with atomic_path(job["probs_out"], suffix=".npy") as tmp:
-            np.save(tmp, probs.astype(np.float32))
+        save_probabilities(model, pixels, job["batch"], job["probs_out"])
         result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
         return result
     inputs = model.model_input(pixels)  # quantized once, so "bare" times the interpreter alone
@@ -93,9 +95,7 @@ def measure(job):
                                                 lambda i: model.probabilities(one_px[i % n]), **timing)
     if job["full"]:
         batch = job["batch"]
-        probs = np.concatenate([model.probabilities(pixels[i : i + batch]) for i in range(0, n, batch)])
-        with atomic_path(job["probs_out"], suffix=".npy") as tmp:
-            np.save(tmp, probs.astype(np.float32))
+        save_probabilities(model, pixels, batch, job["probs_out"])
         b = min(batch, n)
         result["throughput"] = throughput(lambda: model.probabilities(pixels[:b]), b,
                                           min_seconds=timing["min_seconds"], max_seconds=timing["max_seconds"])

@@ -77,13 +77,14 @@ def search(quantize, candidates, validation, budget, work, log, suffix):
     def misses(m):
         return parity_misses(m["top1_change_points"], m["agreement"], budget.max_drop, budget.min_agreement)
 
+    missed = misses(before)
     record = {"enabled": budget.enabled, "budget": {"max_drop": budget.max_drop, "min_agreement": budget.min_agreement,
                                                      "cap": budget.cap},
               "candidate_ops": len(candidates), "validation_before": before, "kept_float": [],
-              "validation_after": before, "met_budget": not misses(before)}
+              "validation_after": before, "met_budget": not missed}
     log(f"  validation ({before['images']} images): Δtop-1 {before['top1_change_points']:+.1f} pts, "
-        f"agreement {before['agreement']:.3f}" + ("" if not misses(before) else f": misses the budget ({'; '.join(misses(before))})"))
-    if not misses(before) or not budget.enabled or not candidates:
+        f"agreement {before['agreement']:.3f}" + ("" if not missed else f": misses the budget ({'; '.join(missed)})"))
+    if not missed or not budget.enabled or not candidates:
         return full, record
 
     t0 = time.time()

@@ -12,7 +12,6 @@ output of the Relu/Clip after it, which the quantizer must keep as a node for th
 import copy
 
 
-
 def float_nodes(qdq, float_model, names):
     """A copy of the QDQ model with the named nodes computing in float: float weights and bias from
     float_model, and no Q/DQ pair on their outputs (nor after the Relu/Clip that follows them)."""
@@ -50,8 +49,8 @@ def float_nodes(qdq, float_model, names):
     # drop the Q/DQ pairs on the bypassed tensors: consumers of the DQ read the float tensor
     drop = []
     for q in [n for n in g.node if n.op_type == "QuantizeLinear" and n.input[0] in bypass]:
-        for dq in [n for n in g.node if n.op_type == "DequantizeLinear" and n.input[0] == q.output[0]]:
-            for n in g.node:
+        for dq in [n for n in consumers.get(q.output[0], []) if n.op_type == "DequantizeLinear"]:
+            for n in consumers.get(dq.output[0], []):
                 for k, inp in enumerate(n.input):
                     if inp == dq.output[0]:
                         n.input[k] = q.input[0]

@@ -16,20 +16,24 @@ if not os.path.exists("/dev/nvidia0") and not os.path.exists("/dev/nvidiactl"):
 
 
 class quiet_fds:
-    """Keep C++ chatter written straight to file descriptors 1 and 2 (not through Python) off the terminal."""
+    """Keep C++ chatter written straight to file descriptors (1 and 2 by default), not through Python,
+    off the terminal; they are restored on the way out, also when the block raises."""
+
+    def __init__(self, *fds):
+        self.fds = fds or (1, 2)
 
     def __enter__(self):
         sys.stdout.flush()
         sys.stderr.flush()
-        self.saved = [os.dup(1), os.dup(2)]
+        self.saved = [os.dup(fd) for fd in self.fds]
         null = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(null, 1)
-        os.dup2(null, 2)
+        for fd in self.fds:
+            os.dup2(null, fd)
         os.close(null)
         return self
 
     def __exit__(self, *exc):
-        for fd, saved in zip((1, 2), self.saved):
+        for fd, saved in zip(self.fds, self.saved):
             os.dup2(saved, fd)
             os.close(saved)
         return False
@@ -40,16 +44,9 @@ def import_tensorflow():
     configured) kept off the terminal. A failing import still raises, after stderr is restored."""
     if "tensorflow" in sys.modules:
         return sys.modules["tensorflow"]
-    saved, null = os.dup(2), os.open(os.devnull, os.O_WRONLY)
-    try:
-        sys.stderr.flush()
-        os.dup2(null, 2)
+    with quiet_fds(2):
         import tensorflow as tf
         tf.config.list_physical_devices("GPU")  # the CUDA probe, also chatty, while stderr is quiet
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-        os.close(null)
     return tf
 
 

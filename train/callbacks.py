@@ -29,6 +29,12 @@ class ReduceLROnPlateau(_Resumable, keras.callbacks.ReduceLROnPlateau):
     STATE = ("wait", "best", "cooldown_counter")
 
 
+def warmup_rate(peak, epoch, warmup):
+    """The learning rate in epoch `epoch` (from 0) of a linear warm-up over `warmup` epochs, which
+    reaches `peak` on epoch `warmup`."""
+    return peak * (epoch + 1) / (warmup + 1)
+
+
 class WarmupCosine(keras.callbacks.Callback):
     """Learning rate per epoch: linear warm-up over `warmup` epochs, then a cosine down to `floor` x peak
     at the phase's last epoch. It depends on the epoch number alone, so a resumed run picks it up exactly."""
@@ -41,7 +47,7 @@ class WarmupCosine(keras.callbacks.Callback):
         import math
 
         if epoch < self.warmup:
-            return self.peak * (epoch + 1) / (self.warmup + 1)
+            return warmup_rate(self.peak, epoch, self.warmup)
         span = max(1, self.epochs - 1 - self.warmup)
         t = min(1.0, (epoch - self.warmup) / span)
         return self.peak * (self.floor + (1 - self.floor) * 0.5 * (1 + math.cos(math.pi * t)))
@@ -60,7 +66,7 @@ class Warmup(keras.callbacks.Callback):
 
     def on_epoch_begin(self, epoch, logs=None):
         if epoch < self.epochs:
-            keras.backend.set_value(self.model.optimizer.learning_rate, self.peak * (epoch + 1) / (self.epochs + 1))
+            keras.backend.set_value(self.model.optimizer.learning_rate, warmup_rate(self.peak, epoch, self.epochs))
         elif epoch == self.epochs:
             keras.backend.set_value(self.model.optimizer.learning_rate, self.peak)
 

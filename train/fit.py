@@ -283,15 +283,16 @@ def _fit_and_finish(run, cfg, samples, class_names, state):
                 f"{trainable:,} trainable parameters, epochs {start + 1}..{epochs}, lr {lr:g}")
             es = EarlyStopping(monitor=monitor, patience=cfg["patience"], resume_state=cb_state.get("early_stopping"))
             resumable = {"early_stopping": es}
+            warmup = cfg.get("warmup_epochs") or 0
             if cfg.get("schedule", "plateau") == "cosine":
-                lr_cb = WarmupCosine(lr, epochs, warmup=cfg.get("warmup_epochs") or 0)
+                schedule = [WarmupCosine(lr, epochs, warmup=warmup)]
             else:
-                lr_cb = resumable["reduce_lr"] = ReduceLROnPlateau(
+                resumable["reduce_lr"] = ReduceLROnPlateau(
                     monitor=monitor, factor=0.3, patience=cfg["lr_patience"], min_lr=1e-7, verbose=1,
                     resume_state=cb_state.get("reduce_lr"))
-            warm = [Warmup(lr, cfg["warmup_epochs"])] if cfg.get("warmup_epochs") and not isinstance(lr_cb, WarmupCosine) else []
-            callbacks = warm + [es, lr_cb, keras.callbacks.TensorBoard(str(run.logs / f"phase{phase}"), profile_batch=0),
-                         EpochCheckpoint(store, phase, monitor, resumable, is_chief())]
+                schedule = ([Warmup(lr, warmup)] if warmup else []) + [resumable["reduce_lr"]]
+            callbacks = [es] + schedule + [keras.callbacks.TensorBoard(str(run.logs / f"phase{phase}"), profile_batch=0),
+                                           EpochCheckpoint(store, phase, monitor, resumable, is_chief())]
             model.fit(train_ds, validation_data=val_ds if subset["val"] else None, epochs=epochs, initial_epoch=start,
                       class_weight=class_weight, callbacks=callbacks, verbose=verbose)
         # the phase ends on its best weights (best over all phases so far)
