@@ -91,9 +91,9 @@ class EpochCheckpoint(keras.callbacks.Callback):
     state.json is written last and atomically, so it always points at a complete checkpoint.
     """
 
-    def __init__(self, store, phase, monitor, watched, is_chief=True):
+    def __init__(self, store, phase, monitor, watched):
         super().__init__()
-        self.store, self.phase, self.monitor, self.watched, self.is_chief = store, phase, monitor, watched, is_chief
+        self.store, self.phase, self.monitor, self.watched = store, phase, monitor, watched
 
     def on_epoch_end(self, epoch, logs=None):
         logs = dict(logs or {})
@@ -102,7 +102,5 @@ class EpochCheckpoint(keras.callbacks.Callback):
         row.update({k: float(v) for k, v in logs.items() if k != "lr"})
         value = logs.get(self.monitor)
         improved = value is not None and value < self.store.state.get("best", np.inf)
-        if not self.is_chief:
-            return
         self.store.save_epoch(self.model, self.phase, epoch + 1, row, improved, value,
                               {name: cb.get_state() for name, cb in self.watched.items()})

@@ -3,6 +3,7 @@ import json
 import os
 import shutil
 import sys
+import tempfile
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -21,7 +22,11 @@ VERSIONED = ("tensorflow", "tf-keras", "tensorflow-model-optimization", "numpy",
 
 
 def log(msg):
-    print(f"[train] {msg}", flush=True)
+    print(f"[train{_worker_tag()}] {msg}", flush=True)
+
+
+def _worker_tag():
+    return "" if is_chief() else f" worker {tf_config()['task'].get('index', 0)}"
 
 
 def package_versions(names=VERSIONED):
@@ -69,6 +74,26 @@ def choose_run(cfg, run_arg, overwrite):
     if run.path.exists() and any(run.path.iterdir()):
         raise InputError(f"{run.path} exists and is not a run folder; pass --overwrite or choose another --run")
     return run, False
+
+
+def worker_run(cfg, run_arg, overwrite):
+    """A non-chief worker of a multi-worker run: a private scratch copy of the run folder.
+
+    Every worker runs the same code (saving and evaluating take part in collective ops, so all must
+    call them), but only the chief writes the real folder; the others write here, and the scratch is
+    deleted when they finish. When the chief's folder holds a checkpoint, the copy starts from it.
+    """
+    real = Run(run_arg)
+    if real.finished and not overwrite:
+        raise InputError(f"run {real.path} is already finished; pass --overwrite (OVERWRITE=1) to replace it, or choose another --run")
+    scratch = Run(Path(tempfile.mkdtemp(prefix="train-worker-")) / real.path.name)
+    if overwrite or not real.state_file.exists():
+        return scratch, False
+    shutil.copytree(real.path, scratch.path, ignore=shutil.ignore_patterns("export", "benchmark", "logs"))
+    diff = [k for k in RESUME_KEYS if scratch.config().get(k) != cfg.get(k)]
+    if diff:
+        raise InputError(f"run {real.path} was started with other options ({', '.join(diff)}); rerun with the same options")
+    return scratch, True
 
 
 def prepare_data(cfg):
@@ -154,11 +179,18 @@ def make_strategy(cfg):
     return tf.distribute.get_strategy()
 
 
+def tf_config():
+    try:
+        return json.loads(os.environ.get("TF_CONFIG") or "{}")
+    except json.JSONDecodeError as e:
+        raise InputError(f"TF_CONFIG is not valid JSON ({e})") from None
+
+
 def is_chief():
-    tf_config = json.loads(os.environ.get("TF_CONFIG", "{}"))
-    task = tf_config.get("task", {})
+    tf_config_ = tf_config()
+    task = tf_config_.get("task", {})
     return task.get("type", "chief") == "chief" or (task.get("type") == "worker" and task.get("index", 0) == 0
-                                                    and "chief" not in tf_config.get("cluster", {}))
+                                                    and "chief" not in tf_config_.get("cluster", {}))
 
 
 def train(args):
@@ -173,7 +205,11 @@ def train(args):
     cfg = resolve(args, demo)
     cfg["data_root"] = str(Path(args.data).resolve())
     cfg["csv"] = str(Path(args.csv).resolve()) if args.csv else None
-    run, resuming = choose_run(cfg, args.run, args.overwrite)
+    multiworker = bool(os.environ.get("TF_CONFIG"))
+    if multiworker and not args.run:
+        raise InputError("a multi-worker run (TF_CONFIG is set) needs --run, the same folder on every worker")
+    chief = is_chief()
+    run, resuming = choose_run(cfg, args.run, args.overwrite) if chief else worker_run(cfg, args.run, args.overwrite)
 
     if resuming:
         state = run.state()
@@ -205,20 +241,24 @@ def train(args):
         log(f"{used} images in {len(class_names)} classes ({report['skipped']} skipped: {report['skipped_by_reason'] or 'none'}); "
             f"split train/val/test = {sum(report['split']['train'].values())}/{sum(report['split']['val'].values())}/"
             f"{sum(report['split']['test'].values())}")
-    log(f"run folder: {run.path}")
+    log(f"run folder: {run.path}" if chief else f"scratch folder (the chief writes {args.run}): {run.path}")
     if cfg.get("logical_cpus", 0) > 1 or cfg.get("strategy") == "multiworker" or os.environ.get("TF_CONFIG"):
         # Several CPU replicas: the last, partial batch leaves one replica an empty batch, and oneDNN's
         # depthwise kernels on AVX-512 machines then fail ("input depth must be evenly divisible by filter
         # depth: 3 vs 8"; measured here, fine with oneDNN off). Must be set before TensorFlow loads.
         os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
-    _fit_and_finish(run, cfg, samples, class_names, state)
-    return run
+    try:
+        _fit_and_finish(run, cfg, samples, class_names, state)
+    finally:
+        if not chief:
+            shutil.rmtree(run.path.parent, ignore_errors=True)
+    return Run(args.run) if not chief else run
 
 
 def _fit_and_finish(run, cfg, samples, class_names, state):
     from . import device_summary, import_tensorflow
 
-    import_tensorflow()
+    tf = import_tensorflow()
     log(f"training runs on {device_summary()}")
     import tf_keras as keras
 
@@ -229,7 +269,10 @@ def _fit_and_finish(run, cfg, samples, class_names, state):
 
     keras.utils.set_random_seed(cfg["seed"])
     strategy = make_strategy(cfg)
-    if strategy.num_replicas_in_sync > 1:
+    if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        log(f"MultiWorkerMirroredStrategy over {strategy.num_replicas_in_sync} replicas "
+            f"({len(tf_config()['cluster'].get('worker', [])) + len(tf_config()['cluster'].get('chief', []))} workers)")
+    elif strategy.num_replicas_in_sync > 1:
         log(f"{type(strategy).__name__} over {strategy.num_replicas_in_sync} devices")
     if cfg["mixed_precision"]:
         keras.mixed_precision.set_global_policy("mixed_float16")
@@ -292,7 +335,7 @@ def _fit_and_finish(run, cfg, samples, class_names, state):
                     resume_state=cb_state.get("reduce_lr"))
                 schedule = ([Warmup(lr, warmup)] if warmup else []) + [resumable["reduce_lr"]]
             callbacks = [es] + schedule + [keras.callbacks.TensorBoard(str(run.logs / f"phase{phase}"), profile_batch=0),
-                                           EpochCheckpoint(store, phase, monitor, resumable, is_chief())]
+                                           EpochCheckpoint(store, phase, monitor, resumable)]
             model.fit(train_ds, validation_data=val_ds if subset["val"] else None, epochs=epochs, initial_epoch=start,
                       class_weight=class_weight, callbacks=callbacks, verbose=verbose)
         # the phase ends on its best weights (best over all phases so far)
@@ -307,7 +350,18 @@ def _fit_and_finish(run, cfg, samples, class_names, state):
         f32 = build_model({**cfg, "weights": "none"}, len(class_names))
         f32.set_weights(model.get_weights())
         model = f32
+    if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        log(f"weights fingerprint {weights_fingerprint(model)}")  # equal on every worker, or they drifted apart
     _finish(run, cfg, model, subset, index, class_names, state)
+
+
+def weights_fingerprint(model):
+    import hashlib
+
+    h = hashlib.sha256()
+    for w in model.get_weights():
+        h.update(np.ascontiguousarray(w).tobytes())
+    return h.hexdigest()[:16]
 
 
 def uses_probe(cfg):
@@ -374,4 +428,4 @@ def _finish(run, cfg, model, subset, index, class_names, state):
     write_json(run.state_file, state)
     shown = ", ".join(f"{k} top-1 {m['top1']:.3f} macro-F1 {m['macro_f1']:.3f}" for k, m in metrics.items())
     log(f"done: {shown}")
-    log(f"model: {run.model}")
+    log(f"model: {run.model}" if is_chief() else "done; the chief writes the run folder")

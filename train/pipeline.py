@@ -28,7 +28,10 @@ def dataset(root, samples, class_index, size, batch_size, training=False, augmen
     ds = ds.batch(batch_size).map(lambda x, y: (tf.cast(x, tf.float32), y), num_parallel_calls=AUTOTUNE)
     if training and augment is not None:
         ds = ds.map(lambda x, y: (augment(x, training=True), y), num_parallel_calls=AUTOTUNE)
-    return ds.prefetch(AUTOTUNE)
+    # Several workers: each keeps every Nth batch (a list of paths has no files to shard by).
+    opts = tf.data.Options()
+    opts.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    return ds.with_options(opts).prefetch(AUTOTUNE)
 
 
 def labels_of(samples, class_index):
