@@ -1,6 +1,7 @@
 # make train export benchmark   -- the whole pipeline (demo dataset unless DATA is given)
 # make test                     -- the test suite, slow tests on the Leeds butterflies included
 # make bundle                   -- dist/<run>-<variant>.tar.gz for a Raspberry Pi (the fastest passing variant)
+# make scale-check              -- 300 classes, 20,100 generated images through train, export and benchmark
 # make pi-check VARIANT=...     -- that bundle classifying test images on an emulated aarch64 Raspberry Pi OS
 # Every target creates .venv first when it is missing.
 
@@ -60,7 +61,7 @@ EXPORT_OPTS = $(call opt,--run,$(RUN)) $(call opt,--variants,$(VARIANTS)) $(call
 BENCH_OPTS = $(call opt,--run,$(RUN)) $(call opt,--variants,$(VARIANTS)) $(call opt,--max-drop,$(MAX_DROP)) \
   $(call opt,--min-agreement,$(MIN_AGREEMENT)) $(BENCH_ARGS)
 
-.PHONY: setup train export benchmark test test-fast bundle pi-check preview-augment clean
+.PHONY: setup train export benchmark test test-fast bundle pi-check scale-check preview-augment clean
 
 # GPU=1 adds TensorFlow's CUDA wheels, also to an environment that already exists (its own stamp).
 GPU_STAMP := $(VENV)/.installed-gpu
@@ -94,6 +95,11 @@ benchmark: $(ENV)
 # from Debian's packages when missing; needs root for that and for unpacking the arm64 userland into .pi/).
 pi-check: $(ENV)
 	$(PY) -m benchmark.pi_check $(call opt,--run,$(RUN)) $(call opt,--variant,$(VARIANT)) $(call opt,--images,$(IMAGES))
+
+# A generated many-class dataset through train, export and benchmark; figures in runs/scale-check/scale_check.md.
+SCALE_ARGS ?=
+scale-check: $(ENV)
+	$(PY) -m benchmark.scale_check $(SCALE_ARGS)
 
 bundle: $(ENV)
 	$(PY) -m export.bundle $(call opt,--run,$(RUN)) $(call opt,--variant,$(VARIANT))

@@ -18,6 +18,9 @@ def parser():
     p.add_argument("--min-agreement", type=float, default=0.98,
                    help="smallest allowed share of test images where the variant predicts Keras's class (default 0.98)")
     p.add_argument("--no-gate", dest="enforce", action="store_false", help="report parity failures without failing")
+    p.add_argument("--no-tune", dest="tune", action="store_false",
+                   help="measure with the runtime libraries' default settings instead of trying each (XNNPACK on/off, "
+                        "ONNX Runtime graph optimization level) and keeping this machine's fastest")
     g = p.add_argument_group("timing")
     g.add_argument("--threads", type=int, help="the 'all cores' thread count (default: the cores this process may use)")
     g.add_argument("--batch", type=int, default=16, help="batch size for accuracy and throughput (default 16)")
@@ -41,7 +44,7 @@ def main(argv=None):
         from train.rundir import resolve_run
 
         from . import report
-        from .evaluate import gate, log, measure_all
+        from .evaluate import gate, log, measure_all, record_settings
 
         if args.batch < 1 or args.min_runs < 1 or args.warmup < 0 or (args.threads is not None and args.threads < 1):
             raise InputError("--batch, --min-runs and --threads must be at least 1, --warmup at least 0")
@@ -51,7 +54,10 @@ def main(argv=None):
         run = resolve_run(args.run)
         timing = {"warmup": args.warmup, "min_runs": args.min_runs, "min_seconds": args.min_seconds,
                   "ci": args.ci, "max_seconds": args.max_seconds}
-        rows, context = measure_all(run, args.variants, batch=args.batch, timing=timing, threads=args.threads)
+        rows, context = measure_all(run, args.variants, batch=args.batch, timing=timing, threads=args.threads,
+                                    tune=args.tune)
+        if args.tune:
+            record_settings(run, rows)
         failures = gate(rows, args.max_drop, args.min_agreement)
         verdict = {"max_drop": args.max_drop, "min_agreement": args.min_agreement, "enforced": args.enforce,
                    "failures": failures}

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
+from edge_runtime.backends import describe_settings
 from edge_runtime.errors import InputError
 from edge_runtime.files import sha256_file
 from edge_runtime.preprocess import load_batch
@@ -52,6 +53,41 @@ def test_set(run):
 
 
 QAT_SOURCE = "qat-source"
+# a settings choice replaces the library defaults only when it is at least this much faster (not noise)
+SETTINGS_MIN_GAIN = 0.03
+
+
+def tuning_set(run, limit=200):
+    """uint8 pixels of (up to `limit` of) the validation split: runtime settings are chosen on these, not on test."""
+    samples = [s for s in run.split() if s.subset == "val"] or [s for s in run.split() if s.subset == "train"]
+    root = run.data_root()
+    paths = [root / s.path for s in sorted(samples, key=lambda s: s.path)[:limit] if (root / s.path).is_file()]
+    return load_batch(paths, tuple(run.config()["image_size"])) if paths else None
+
+
+def choose_settings(candidates):
+    """The fastest choice with the defaults' predictions; the defaults unless it beats them by SETTINGS_MIN_GAIN."""
+    default = candidates[0]
+    same = [c for c in candidates if c["same_predictions"]]
+    best = min(same, key=lambda c: c["p50_ms"])
+    return best["settings"] if best["p50_ms"] < (1 - SETTINGS_MIN_GAIN) * default["p50_ms"] else default["settings"]
+
+
+def record_settings(run, rows):
+    """The chosen runtime settings of each measured variant into the export manifest, with the machine they
+    were measured on: edge_runtime uses them by default on machines of the same kind."""
+    from edge_runtime.files import read_manifest, write_json
+    from edge_runtime.machine import signature
+
+    manifest = read_manifest(run.export_manifest)
+    tuned = manifest.get("runtime_settings") or {}
+    for r in rows:
+        if r["status"] == "ok" and r.get("settings_candidates"):
+            tuned[r["variant"]] = {"settings": r["runtime_settings"], "machine": signature(),
+                                   "candidates": r["settings_candidates"]}
+    if tuned:
+        manifest["runtime_settings"] = tuned
+        write_json(run.export_manifest, manifest)
 
 
 def mobile_resize(rgb, size):
@@ -120,8 +156,11 @@ def run_worker(job, workdir):
     return json.loads(Path(job["result_out"]).read_text())
 
 
-def measure_all(run, variant_names=None, batch=16, timing=None, threads=None):
-    """Evaluate and time every target; returns (rows, context) for the report and gate."""
+def measure_all(run, variant_names=None, batch=16, timing=None, threads=None, tune=True):
+    """Evaluate and time every target; returns (rows, context) for the report and gate.
+
+    tune: first try each exported variant's runtime settings on this machine (on validation images)
+    and measure it with the fastest that keeps its predictions."""
     timing = dict(TIMING_DEFAULTS, **(timing or {}))
     cores = threads or all_cores()
     chosen, unavailable = targets(run, variant_names)
@@ -134,6 +173,9 @@ def measure_all(run, variant_names=None, batch=16, timing=None, threads=None):
     with tempfile.TemporaryDirectory(prefix="benchmark-") as work:
         np.save(Path(work) / "pixels.npy", pixels)  # the very same uint8 images reach every model
         np.save(Path(work) / "mobile.npy", mobile_pixels(paths, pixels.shape[1:3]))  # and resized the mobile way
+        tune_pixels = tuning_set(run) if tune else None
+        if tune_pixels is not None:
+            np.save(Path(work) / "tune.npy", tune_pixels)
         for i, (name, fmt, precision, path, kind, agree_ref, entry) in enumerate(chosen, 1):
             log(f"[{i}/{len(chosen)}] {name} ({fmt}, {precision}): measuring in a fresh process")
             row = {"variant": name, "format": fmt, "precision": precision, "file": str(path),
@@ -142,6 +184,17 @@ def measure_all(run, variant_names=None, batch=16, timing=None, threads=None):
                     "paths": [str(p) for p in paths], "batch": batch, "timing": timing}
             timed = name != QAT_SOURCE  # the QAT source is an accuracy reference, never deployed: not timed
             try:
+                if kind == "edge" and tune_pixels is not None:
+                    tuned = run_worker(dict(base, kind="tune", threads=cores, tune_pixels=str(Path(work) / "tune.npy"),
+                                            timing=dict(timing, max_seconds=min(timing["max_seconds"], 10.0)),
+                                            result_out=str(Path(work) / f"{name}-tune.json")), work)
+                    base["settings"] = choose_settings(tuned["candidates"])
+                    row.update(runtime_settings=base["settings"], settings_candidates=tuned["candidates"],
+                               runtime_settings_text=describe_settings(base["settings"]))
+                    log("    runtime settings: " + "; ".join(
+                        f"{describe_settings(c['settings'])} {c['p50_ms']:.2f} ms"
+                        + ("" if c["same_predictions"] else " (other predictions: excluded)") for c in tuned["candidates"])
+                        + f" -> {describe_settings(base['settings'])}")
                 full = run_worker(dict(base, threads=cores, full=True, timed=timed, probs_out=str(Path(work) / f"{name}.npy"),
                                        mobile_pixels=str(Path(work) / "mobile.npy"),
                                        mobile_probs_out=str(Path(work) / f"{name}-mobile.npy"),
@@ -217,7 +270,8 @@ def accuracy(y, probs, reference_probs, class_names, agreement_probs=None):
     """Metrics of one model; Δ top-1 against the Keras reference, agreement against `agreement_probs`
     (the model it was converted from: Keras, or the QAT source), each with a 95% interval."""
     m = classification_metrics(y, probs, class_names)
-    out = {k: m[k] for k in ("top1", "top5", "macro_f1", "balanced_accuracy", "per_class_recall", "confusion_matrix")}
+    out = {k: m[k] for k in ("top1", "top5", "macro_f1", "balanced_accuracy", "per_class_recall", "confusion_matrix",
+                          "most_confused")}
     if reference_probs is None:  # this is the reference
         out.update(top1_change_points=0.0, agreement=None, prob_mean_abs_diff=None, prob_max_abs_diff=None)
         return out

@@ -7,6 +7,7 @@ from datetime import datetime, timezone
 
 
 from edge_runtime.files import write_json, write_text
+from edge_runtime.machine import cpu_flags
 
 from .evaluate import REFERENCE, recommend
 
@@ -20,7 +21,8 @@ COLUMNS = [  # (key, header, format)
     ("p90_ms", "p90 ms", "{:.2f}"), ("speedup_vs_keras", "speed-up vs Keras", "{:.2f}×"),
 ]
 DETAIL = [
-    ("variant", "variant", "{}"), ("p50_ms_1thread", "p50 ms, 1 thread", "{:.2f}"),
+    ("variant", "variant", "{}"), ("runtime_settings_text", "runtime settings", "{}"),
+    ("p50_ms_1thread", "p50 ms, 1 thread", "{:.2f}"),
     ("p90_ms_1thread", "p90, 1 thread", "{:.2f}"), ("p99_ms_1thread", "p99, 1 thread", "{:.2f}"),
     ("p99_ms", "p99 ms", "{:.2f}"), ("latency_runs", "timed runs", "{}"),
     ("p50_ci_relative", "p50 95% CI ±", "{:.1%}"), ("bare_p50_ms", "bare p50 ms", "{:.2f}"),
@@ -31,6 +33,17 @@ DETAIL = [
     ("mobile_resize_top1", "top-1, mobile resize", "{:.3f}"),
     ("mobile_resize_agreement", "same class, mobile resize", "{:.3f}"),
 ]
+
+
+def int8_ceiling(flags):
+    """What int8 can at best give over float32 on this CPU, from its flags (batch 1, compute-bound convolutions)."""
+    if {"avx512_vnni", "avx_vnni", "amx_int8"} & set(flags):
+        return 4.0, "VNNI int8 dot products: about 4x float32"
+    if "asimddp" in flags:
+        return 3.5, "ARM dot-product instructions: about 3 to 4x float32"
+    if "avx2" in flags:
+        return 2.0, "AVX2 u8s8 multiply-add (no VNNI): about 2x float32"
+    return 1.0, "no integer dot-product instructions known: little or no gain over float32"
 
 
 def machine():
@@ -46,7 +59,7 @@ def machine():
         mem = None
     return {"cpu": cpu, "machine": platform.machine(), "cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
             else os.cpu_count(), "memory_gib": round(mem, 1) if mem else None, "os": platform.platform(),
-            "python": platform.python_version()}
+            "python": platform.python_version(), "cpu_flags": cpu_flags()}
 
 
 def _cell(row, key, fmt):
@@ -89,6 +102,7 @@ def markdown(report):
         out += ["", f"`make bundle RUN={report['run']}` packs the fastest; pass `VARIANT=` for another.", ""]
     else:
         out += ["No exported variant passes the gate, so none is recommended.", ""]
+    out += ceiling_section(rows, m.get("cpu_flags", []))
     if ctx["unavailable"]:
         out += ["Not benchmarked (no good export): " + ", ".join(f"{k} ({v})" for k, v in ctx["unavailable"].items()), ""]
     errors = [r for r in rows if r["status"] != "ok"]
@@ -102,18 +116,55 @@ def markdown(report):
             "Mobile resize: the same test images resized the way MediaPipe and most mobile apps do (bilinear, "
             "no antialiasing) instead of the contract's antialiased Pillow bilinear; 'same class' is the share "
             "of images on which the model predicts what it predicts from the contract's pixels.", "",
-            _table(ok, DETAIL), "", "## Per-class recall", ""]
-    classes = ctx["classes"]
-    out += ["| class | " + " | ".join(r["variant"] for r in ok) + " |", "|---|" + "---|" * len(ok)]
-    out += [f"| {c} | " + " | ".join(f"{r['per_class_recall'][c]:.2f}" for r in ok) + " |" for c in classes]
+            _table(ok, DETAIL), ""]
+    out += per_class_sections(ok, ctx["classes"])
     out += ["", "## Machine and versions", "",
             f"- {m['cpu']} ({m['machine']}), {m['cores']} cores, {m['memory_gib']} GiB; {m['os']}",
+            f"- CPU flags that decide kernel speed: {' '.join(m.get('cpu_flags') or []) or 'none found'}",
             f"- threads: 1 and {ctx['threads'][-1]}; timing: {ctx['timing']}",
             "- " + ", ".join(f"{k} {v}" for k, v in report["versions"].items() if v), "",
             f"Command: `{report['command']}` ({report['created_at']})", "",
             "![accuracy against latency](accuracy_vs_latency.png)", "",
             "![confusion matrices](confusion_float_vs_int8.png)", ""]
     return "\n".join(out)
+
+
+def ceiling_section(rows, flags):
+    """Each int8 variant's speed-up over float32 TFLite at 1 thread, beside what this CPU can at best give."""
+    from export.variants import BY_NAME
+
+    ok = {r["variant"]: r for r in rows if r["status"] == "ok" and r.get("p50_ms_1thread")}
+    base = ok.get("tflite-fp32")
+    int8 = [r for n, r in ok.items() if n in BY_NAME and BY_NAME[n].calibrated]
+    if not base or not int8:
+        return []
+    best, why = int8_ceiling(flags)
+    out = ["## Integer speed-up against this CPU's ceiling", "",
+           f"CPU flags: {' '.join(flags) or 'unknown'}. Ceiling: {why}. Speed-up is tflite-fp32's p50 over the "
+           f"variant's, batch 1, 1 thread.", "", "| variant | p50 ms, 1 thread | speed-up vs tflite-fp32 | share of the ceiling |",
+           "|---|---|---|---|"]
+    for r in int8:
+        x = base["p50_ms_1thread"] / r["p50_ms_1thread"]
+        out.append(f"| {r['variant']} | {r['p50_ms_1thread']:.2f} | {x:.2f}× | {x / best:.0%} of {best:g}× |")
+    return out + [""]
+
+
+def per_class_sections(ok, classes):
+    """Per-class recall for every class; with many classes, the worst ones and the most confused pairs."""
+    from train.metrics import MATRIX_LIMIT, worst_recall
+
+    head = ["| class | " + " | ".join(r["variant"] for r in ok) + " |", "|---|" + "---|" * len(ok)]
+    if len(classes) <= MATRIX_LIMIT or not ok:
+        return ["## Per-class recall", "", *head] + [
+            f"| {c} | " + " | ".join(f"{r['per_class_recall'][c]:.2f}" for r in ok) + " |" for c in classes] + [""]
+    ref = next((r for r in ok if r["variant"] == REFERENCE), ok[0])
+    worst = [c for c, _ in worst_recall(ref["per_class_recall"])]
+    out = [f"## Per-class recall: the {len(worst)} worst of {len(classes)} classes (by {ref['variant']})", "", *head]
+    out += [f"| {c} | " + " | ".join(f"{r['per_class_recall'][c]:.2f}" for r in ok) + " |" for c in worst]
+    out += ["", f"## Most confused pairs ({ref['variant']})", "", "| true | predicted | images | share of the class |",
+            "|---|---|---|---|"]
+    out += [f"| {p['true']} | {p['predicted']} | {p['count']} | {p['share']:.2f} |" for p in ref.get("most_confused", [])]
+    return out + [""]
 
 
 def csv_text(rows):

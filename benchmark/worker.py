@@ -22,10 +22,10 @@ from .timing import latency, throughput
 class EdgeModel:
     """An exported .tflite / .onnx file through the shipped runtime."""
 
-    def __init__(self, path, threads):
+    def __init__(self, path, threads, settings=None):
         from edge_runtime.classifier import Classifier
 
-        self.clf = Classifier(path, threads=threads)
+        self.clf = Classifier(path, threads=threads, settings=settings)
 
     def model_input(self, pixels):  # what the bare interpreter is fed: already quantized
         return self.clf.quantize(pixels)
@@ -43,7 +43,7 @@ class EdgeModel:
 class KerasModel:
     """The run's full float32 Keras model on TensorFlow: the reference."""
 
-    def __init__(self, path, threads):
+    def __init__(self, path, threads, settings=None):
         from train import import_tensorflow
 
         tf = import_tensorflow()
@@ -76,11 +76,31 @@ def save_probabilities(model, pixels, batch, out):
         np.save(tmp, probs.astype(np.float32))
 
 
+def tune(job):
+    """Every runtime-settings choice of one exported model on this machine: its predictions on the
+    tuning images (the validation split) and its latency, all choices timed interleaved call by call."""
+    from edge_runtime.backends import setting_choices
+
+    pixels = np.load(job["tune_pixels"])
+    n, batch = len(pixels), job["batch"]
+    fmt = Path(job["model"]).suffix.lstrip(".").lower()
+    choices = setting_choices(fmt)
+    models = [EdgeModel(job["model"], job["threads"], settings) for settings in choices]
+    preds = [np.concatenate([m.probabilities(pixels[i : i + batch]) for i in range(0, n, batch)]).argmax(1) for m in models]
+    one = [pixels[i : i + 1] for i in range(n)]
+    stats = latency(*[lambda i, m=m: m.probabilities(one[i % n]) for m in models], **job["timing"])
+    stats = stats if isinstance(stats, list) else [stats]
+    return {"candidates": [{"settings": s, "p50_ms": st["p50_ms"], "same_predictions": bool(np.array_equal(p, preds[0])),
+                            "runs": st["runs"]} for s, st, p in zip(choices, stats, preds)], "images": n}
+
+
 def measure(job):
+    if job["kind"] == "tune":
+        return tune(job)
     pixels = np.load(job["pixels"])
     n, threads, timing = len(pixels), job["threads"], job["timing"]
     t0 = time.perf_counter()
-    model = (KerasModel if job["kind"] == "keras" else EdgeModel)(job["model"], threads)
+    model = (KerasModel if job["kind"] == "keras" else EdgeModel)(job["model"], threads, job.get("settings"))
     result = {"threads": threads, "load_seconds": time.perf_counter() - t0}
     if job.get("mobile_pixels"):  # the skew of a mobile app's resize: the same images, resized without antialiasing
         save_probabilities(model, np.load(job["mobile_pixels"]), job["batch"], job["mobile_probs_out"])

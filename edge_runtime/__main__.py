@@ -6,6 +6,20 @@ import sys
 from .errors import InputError, exit_code
 
 
+def parse_settings(items):
+    """['xnnpack=off', ...] -> {'xnnpack': False, ...}; None when none given."""
+    if not items:
+        return None
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise InputError(f"--setting must be KEY=VALUE, got {item!r}")
+        v = value.strip().lower()
+        out[key.strip()] = True if v in ("on", "true", "1") else False if v in ("off", "false", "0") else v
+    return out
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(prog="python -m edge_runtime", description="Classify images with an exported model.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -16,6 +30,10 @@ def main(argv=None):
     pr.add_argument("--json", action="store_true", help="print JSON instead of text")
     pr.add_argument("--threads", type=int, default=None)
     pr.add_argument("--labels", help="labels file (default: labels.txt beside the model)")
+    pr.add_argument("--setting", action="append", default=None, metavar="KEY=VALUE",
+                    help="runtime setting, e.g. xnnpack=off (TFLite) or graph_optimization=extended (ONNX); "
+                         "default: the fastest `make benchmark` measured on this kind of CPU")
+    pr.add_argument("--default-settings", action="store_true", help="use the runtime libraries' defaults")
     inf = sub.add_parser("info", help="describe a model")
     inf.add_argument("model")
     inf.add_argument("--labels")
@@ -26,7 +44,8 @@ def main(argv=None):
 
         if args.command == "predict" and args.top_k < 1:
             raise InputError(f"--top-k must be at least 1, got {args.top_k}")
-        clf = Classifier(args.model, labels=args.labels, threads=getattr(args, "threads", None))
+        settings = {} if getattr(args, "default_settings", False) else parse_settings(getattr(args, "setting", None))
+        clf = Classifier(args.model, labels=args.labels, threads=getattr(args, "threads", None), settings=settings)
         if args.command == "info":
             print(json.dumps(clf.info(), indent=2))
             return 0

@@ -49,13 +49,44 @@ def _tflite_interpreter_class():
         raise InputError("no TFLite runtime installed: pip install ai-edge-litert") from None
 
 
+# Runtime options that change speed, never the model: each backend takes its own as keyword
+# arguments. The benchmark tries each choice on its machine and records the fastest whose
+# predictions equal the library defaults' (the first choice of each option).
+SETTINGS = {
+    # XNNPACK (TFLite's default delegate) and the built-in kernels pick different int8 and float kernels
+    "tflite": {"xnnpack": (True, False)},
+    # how much ONNX Runtime rewrites the graph (QDQ fusion into integer kernels happens at 'extended' and up)
+    "onnx": {"graph_optimization": ("all", "extended", "basic")},
+}
+
+
+def setting_choices(fmt):
+    """Every combination of a format's settings, library defaults first."""
+    import itertools
+
+    options = SETTINGS[fmt]
+    return [dict(zip(options, combo)) for combo in itertools.product(*options.values())]
+
+
+def describe_settings(settings):
+    return ", ".join(f"{k}={'on' if v is True else 'off' if v is False else v}" for k, v in settings.items()) or "defaults"
+
+
 class TFLiteBackend:
     format = "tflite"
 
-    def __init__(self, path, threads=None):
+    def __init__(self, path, threads=None, xnnpack=True):
         Interpreter = _tflite_interpreter_class()
+        extra = {}
+        if not xnnpack:
+            import sys
+
+            resolver = getattr(sys.modules[Interpreter.__module__], "OpResolverType", None)
+            if resolver is None:
+                raise InputError("this TFLite runtime cannot turn XNNPACK off (no OpResolverType)")
+            extra["experimental_op_resolver_type"] = resolver.BUILTIN_WITHOUT_DEFAULT_DELEGATES
         try:
-            self.interp = Interpreter(model_path=str(path), num_threads=threads)
+            self.interp = Interpreter(model_path=str(path), num_threads=threads, **extra)
             self.interp.allocate_tensors()
         except (ValueError, RuntimeError) as e:
             raise InputError(f"{path}: not a valid TFLite model, truncated or corrupt ({str(e).splitlines()[0]})") from None
@@ -82,12 +113,16 @@ class TFLiteBackend:
 class OnnxBackend:
     format = "onnx"
 
-    def __init__(self, path, threads=None):
+    LEVELS = {"all": "ORT_ENABLE_ALL", "extended": "ORT_ENABLE_EXTENDED", "basic": "ORT_ENABLE_BASIC",
+              "disabled": "ORT_DISABLE_ALL"}
+
+    def __init__(self, path, threads=None, graph_optimization="all"):
         try:
             import onnxruntime as ort
         except ImportError:
             raise InputError("onnxruntime is not installed: pip install onnxruntime") from None
         opts = ort.SessionOptions()
+        opts.graph_optimization_level = getattr(ort.GraphOptimizationLevel, self.LEVELS[graph_optimization])
         if threads:
             opts.intra_op_num_threads = int(threads)
         opts.inter_op_num_threads = 1
@@ -113,7 +148,8 @@ def _onnx_dtype(type_str):
 BACKENDS = {".tflite": TFLiteBackend, ".onnx": OnnxBackend}
 
 
-def open_backend(path, threads=None):
+def open_backend(path, threads=None, settings=None):
+    """A backend for a .tflite or .onnx file; settings: that format's SETTINGS (missing ones keep the library default)."""
     path = Path(path)
     if not path.exists():
         raise InputError(f"{path}: no such model file")
@@ -124,4 +160,12 @@ def open_backend(path, threads=None):
         raise InputError(f"{path}: unknown model type {path.suffix!r} (expected .tflite or .onnx)")
     if path.stat().st_size == 0:
         raise InputError(f"{path}: empty model file")
-    return backend(path, threads)
+    settings = dict(settings or {})
+    fmt = backend.format
+    for key, value in settings.items():
+        if key not in SETTINGS[fmt]:
+            raise InputError(f"unknown {fmt} runtime setting {key!r}; known: {', '.join(SETTINGS[fmt])}")
+        if value not in SETTINGS[fmt][key] and not (fmt == "onnx" and value in OnnxBackend.LEVELS):
+            shown = [{True: "on", False: "off"}.get(v, v) for v in SETTINGS[fmt][key]]
+            raise InputError(f"runtime setting {key}={value!r} is not one of {', '.join(map(str, shown))}")
+    return backend(path, threads, **settings)

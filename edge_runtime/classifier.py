@@ -23,14 +23,29 @@ def find_manifest_entry(model_path):
     return None, None, manifest
 
 
+def tuned_settings(variant, manifest):
+    """(settings, where they came from): the benchmark's fastest for this machine's kind of CPU, else defaults."""
+    from .machine import signature
+
+    tuned = ((manifest or {}).get("runtime_settings") or {}).get(variant or "")
+    if not tuned:
+        return {}, "library defaults (none measured)"
+    if tuned.get("machine") != signature():
+        return {}, "library defaults (measured on another kind of CPU)"
+    return dict(tuned["settings"]), "fastest measured on this kind of CPU"
+
+
 class Classifier:
     """Loads a .tflite or .onnx model and classifies images the way training saw them.
 
     labels: a list, a path to labels.txt, or None to use labels.txt beside the model.
     verify: check the model's SHA-256 against the manifest beside it, when there is one.
+    settings: runtime settings (backends.SETTINGS). None: the fastest ones `make benchmark` recorded in
+        the manifest, when it measured them on a machine like this one (same architecture and CPU
+        flags); otherwise the library defaults. {} forces the library defaults.
     """
 
-    def __init__(self, model, labels=None, threads=None, verify=True):
+    def __init__(self, model, labels=None, threads=None, verify=True, settings=None):
         self.path = Path(model)
         self.variant, self.entry, manifest = None, None, None
         if self.path.is_file():
@@ -40,7 +55,9 @@ class Classifier:
             if actual != self.entry["sha256"]:
                 raise InputError(f"{self.path}: checksum mismatch with {MANIFEST} "
                                  f"(expected {self.entry['sha256'][:12]}..., got {actual[:12]}...): file changed or corrupt")
-        self.backend = open_backend(self.path, threads)
+        self.settings, self.settings_source = tuned_settings(self.variant, manifest) if settings is None else (
+            dict(settings), "given")
+        self.backend = open_backend(self.path, threads, self.settings)
         self.input, self.output = self.backend.input, self.backend.output
         shape = self.input.shape
         if len(shape) != 4 or shape[-1] != 3:
@@ -138,5 +155,7 @@ class Classifier:
             "input": self.input.as_dict(),
             "output": self.output.as_dict(),
             "image_size": list(self.size),
+            "runtime_settings": self.settings,
+            "runtime_settings_source": self.settings_source,
             "labels": self.labels,
         }

@@ -20,6 +20,7 @@ import tensorflow_model_optimization as tfmot  # noqa: E402
 import tf_keras as keras  # noqa: E402
 from tensorflow_model_optimization.python.core.quantization.keras.default_8bit import default_8bit_quantize_registry  # noqa: E402
 
+from train.data import cache_in_memory  # noqa: E402
 from train.pipeline import dataset  # noqa: E402
 
 
@@ -122,10 +123,11 @@ def quantization_aware_model(ctx):
     info = {"qat_epochs": ctx.qat_epochs, "qat_lr": ctx.qat_lr, "qat_float_layers": skipped}
     if ctx.qat_epochs > 0:
         index = {c: i for i, c in enumerate(ctx.class_names)}
-        train_ds = dataset(ctx.data_root, ctx.subset("train"), index, cfg["image_size"], cfg["batch_size"],
-                           training=True, seed=cfg["seed"])
         val = ctx.subset("val")
-        val_ds = dataset(ctx.data_root, val, index, cfg["image_size"], cfg["batch_size"]) if val else None
+        cache = cache_in_memory(len(ctx.subset("train")) + len(val), cfg["image_size"], cfg.get("cache_limit_gb", 2.0))
+        train_ds = dataset(ctx.data_root, ctx.subset("train"), index, cfg["image_size"], cfg["batch_size"],
+                           training=True, seed=cfg["seed"], cache=cache)
+        val_ds = dataset(ctx.data_root, val, index, cfg["image_size"], cfg["batch_size"], cache=cache) if val else None
         weights = {index[c]: w for c, w in cfg["class_weights"].items()} if cfg.get("class_weights") else None
         ctx.log(f"  quantization-aware fine-tuning: {ctx.qat_epochs} epoch(s) on {len(ctx.subset('train'))} images")
         hist = qat.fit(train_ds, validation_data=val_ds, epochs=ctx.qat_epochs, class_weight=weights, verbose=2)

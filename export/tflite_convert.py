@@ -69,11 +69,11 @@ def int8(ctx, path):
     """
     import tempfile
 
+    tf = _tf()  # first: the import below would load TensorFlow loudly
     from tensorflow.lite.python.convert import mlir_quantize
 
     from .fallback import search
 
-    tf = _tf()
     c = _run_converter(ctx)
     c.optimizations = [tf.lite.Optimize.DEFAULT]
     c.representative_dataset = ctx.representative_dataset

@@ -100,6 +100,17 @@ def test_benchmark_reports_every_variant(tiny_export):
         assert r["throughput_images_per_s"] > 0 and 0 <= r["p50_ci_relative"]
     assert report["context"]["threads"][0] == 1 and report["machine"]["cores"] >= 1
     assert report["versions"]["onnxruntime"] and report["gate"]["enforced"] is False
+    # each exported variant measured with this machine's fastest runtime settings, recorded for edge_runtime
+    from edge_runtime.backends import setting_choices
+    from edge_runtime.machine import signature
+
+    tuned = json.loads(tiny_export.export_manifest.read_text())["runtime_settings"]
+    assert set(tuned) == set(rows) - {"keras", "qat-source"}
+    for name, t in tuned.items():
+        assert t["machine"] == signature() and rows[name]["runtime_settings"] == t["settings"]
+        choices = setting_choices(rows[name]["format"])
+        assert [c["settings"] for c in t["candidates"]] == choices and t["settings"] in choices
+        assert next(c for c in t["candidates"] if c["settings"] == t["settings"])["same_predictions"]
     with open(out / "report.csv") as f:
         table = list(csv.DictReader(f))
     assert [r["variant"] for r in table] == list(rows)
@@ -108,6 +119,7 @@ def test_benchmark_reports_every_variant(tiny_export):
     assert "| variant | format | precision | size MB | top-1 | Δ top-1 (pts) | 95% CI | agreement | 95% CI (Wilson) |" in md
     assert all(f"| {name} |" in md for name in rows) and "## Per-class recall" in md
     assert "## Which file to deploy on this machine" in md and "same class, mobile resize" in md
+    assert "| runtime settings |" in md and "xnnpack=" in md and "graph_optimization=" in md
     for png in ("accuracy_vs_latency.png", "confusion_float_vs_int8.png"):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -257,3 +269,15 @@ def test_mobile_resize_is_plain_bilinear_without_antialiasing():
         got = mobile_resize(img, size)
         assert got.shape == (*size, 3) and np.abs(got.astype(np.float32) - want).max() <= 0.5 + 1e-3  # rounding only
     assert np.array_equal(mobile_resize(img, img.shape[:2]), img)
+
+
+def test_settings_change_only_when_clearly_faster_with_the_same_predictions():
+    from benchmark.evaluate import choose_settings
+
+    def c(x, ms, same=True):
+        return {"settings": {"xnnpack": x}, "p50_ms": ms, "same_predictions": same}
+
+    assert choose_settings([c(True, 10.0), c(False, 9.9)]) == {"xnnpack": True}  # 1%: noise, keep the defaults
+    assert choose_settings([c(True, 10.0), c(False, 9.0)]) == {"xnnpack": False}
+    assert choose_settings([c(True, 10.0), c(False, 5.0, same=False)]) == {"xnnpack": True}
+    assert choose_settings([c(True, 10.0), c(False, 12.0)]) == {"xnnpack": True}

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import REPO, assert_one_line_error, make_image, run_cli
+from conftest import COLOURS, REPO, assert_one_line_error, make_image, run_cli
 from edge_runtime.backends import TensorSpec
 from edge_runtime.classifier import Classifier
 
@@ -127,3 +127,42 @@ def test_every_exported_format_classifies_through_the_runtime(tiny_export, keras
     assert agree == len(images) or (variant != "onnx-fp32" and variant != "tflite-fp16" and agree >= len(images) - 1), \
         (results, expected)
     assert clf.probabilities(clf.preprocess(images)).shape == (len(images), 3)
+
+
+def test_runtime_settings_keep_predictions_and_bad_ones_are_one_line(tiny_export, tmp_path):
+    from edge_runtime.classifier import Classifier
+
+    px = np.stack([make_image(c, 64, seed=i) for i, c in enumerate(COLOURS[:3])]).astype(np.uint8)
+    # XNNPACK's int8 kernels and TFLite's built-in ones round requantization differently, and the
+    # differences add up layer by layer: measured here, up to 12 output steps on this tiny model
+    for name, settings, step in (("model-int8.tflite", {"xnnpack": False}, 0.1),
+                                 ("model-fp32.tflite", {"xnnpack": False}, 1e-4),
+                                 ("model-int8.onnx", {"graph_optimization": "basic"}, 0.05)):
+        path = tiny_export.export_dir / name
+        a = Classifier(path, settings={}).probabilities(px)
+        other = Classifier(path, settings=settings)
+        assert other.settings == settings and other.info()["runtime_settings"] == settings
+        b = other.probabilities(px)
+        assert np.abs(a - b).max() <= step, name
+        assert (a.argmax(1) == b.argmax(1)).all(), name
+    model = str(tiny_export.export_dir / "model-int8.tflite")
+    img = tmp_path / "x.png"
+    make_image(COLOURS[0], 40).save(img)
+    assert_one_line_error(run_cli("-m", "edge_runtime", "predict", model, str(img), "--setting", "xnnpack=maybe"),
+                          "xnnpack='maybe'", "on, off")
+    assert_one_line_error(run_cli("-m", "edge_runtime", "predict", model, str(img), "--setting", "threads"), "KEY=VALUE")
+    assert_one_line_error(run_cli("-m", "edge_runtime", "predict", model, str(img), "--setting", "graph_optimization=all"),
+                          "unknown tflite runtime setting")
+    proc = run_cli("-m", "edge_runtime", "predict", model, str(img), "--setting", "xnnpack=off")
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_tuned_settings_apply_only_on_the_same_kind_of_cpu():
+    from edge_runtime.classifier import tuned_settings
+    from edge_runtime.machine import signature
+
+    here = {"runtime_settings": {"v": {"settings": {"xnnpack": False}, "machine": signature()}}}
+    assert tuned_settings("v", here) == ({"xnnpack": False}, "fastest measured on this kind of CPU")
+    elsewhere = {"runtime_settings": {"v": {"settings": {"xnnpack": False}, "machine": {"arch": "aarch64", "cpu_flags": ["asimd"]}}}}
+    assert tuned_settings("v", elsewhere)[0] == {}
+    assert tuned_settings("w", here)[0] == {} and tuned_settings(None, None)[0] == {}

@@ -75,6 +75,9 @@ def parser():
     g.add_argument("--xla", action="store_true", help="compile the training step with XLA")
     g.add_argument("--strategy", default="auto", choices=["auto", "none", "mirrored", "multiworker"],
                    help="auto: MirroredStrategy on several GPUs, MultiWorkerMirroredStrategy when TF_CONFIG is set")
+    g.add_argument("--cache-limit-gb", type=float, default=2.0,
+                   help="keep decoded training and validation pixels in memory up to this size; above it, decode "
+                        "them again every epoch (default 2)")
     g.add_argument("--logical-cpus", type=int, default=0, help=argparse.SUPPRESS)  # tests: mirror over N logical CPUs
     g = p.add_argument_group("run folder")
     g.add_argument("--run", help="run folder (default: runs/<data>-<backbone>, numbered if taken)")

@@ -99,7 +99,7 @@ def scan(entries, root, empty_classes=(), workers=8, progress=None):
                 skipped.append({"path": rel, "label": label, "reason": reason})
             else:
                 samples.append(Sample(rel, label, digest))
-            if progress and (i % 200 == 0 or i == len(entries)):
+            if progress and (i % max(200, len(entries) // 10) == 0 or i == len(entries)):
                 progress(f"checked {i}/{len(entries)} files, {len(skipped)} skipped")
     counts = Counter(s.label for s in samples)
     all_labels = sorted(set(l for _, l in entries) | set(empty_classes))
@@ -214,3 +214,15 @@ def read_split(path):
     if not rows or set(rows[0]) != {"path", "label", "subset", "sha256"}:
         raise InputError(f"split file {path} is not a split written by train")
     return [Sample(r["path"], r["label"], r["sha256"], r["subset"]) for r in rows]
+
+
+def decoded_bytes(n_images, size):
+    """Memory the decoded uint8 pixels of n images take in tf.data's cache."""
+    return n_images * size[0] * size[1] * 3
+
+
+def cache_in_memory(n_images, size, limit_gb):
+    """Cache decoded pixels in memory when they fit the limit; otherwise cache nothing and decode each
+    epoch again (a disk cache of decoded pixels would be as large as the limit says we cannot afford,
+    and would fill the disk of a user with a big dataset)."""
+    return decoded_bytes(n_images, size) <= limit_gb * 2**30

@@ -102,7 +102,10 @@ def prepare_data(cfg):
     entries, empty = D.list_csv(cfg["csv"], root) if cfg["csv"] else D.list_folder(root)
     if not entries:
         raise InputError(f"no files found in {root} (expected one sub-folder per class)")
+    t0 = time.time()
     samples, report = D.scan(entries, root, empty, progress=log)
+    report["scan_seconds"] = round(time.time() - t0, 2)
+    log(f"scanned {len(entries)} files in {report['scan_seconds']:.1f} s")
     D.validate_classes(report, cfg["val_frac"], cfg["test_frac"])
     D.split(samples, cfg["val_frac"], cfg["test_frac"], cfg["seed"])
     D.undersample(samples, cfg["max_per_class"], cfg["seed"])
@@ -281,8 +284,15 @@ def _fit_and_finish(run, cfg, samples, class_names, state):
     subset = {k: [s for s in samples if s.subset == k] for k in ("train", "val", "test")}
     aug = augmenter(cfg["augment"], cfg["seed"], cfg.get("flip", True))
     size = cfg["image_size"]
-    train_ds = dataset(root, subset["train"], index, size, cfg["batch_size"], training=True, augment=aug, seed=cfg["seed"])
-    val_ds = dataset(root, subset["val"], index, size, cfg["batch_size"])
+    from .data import cache_in_memory, decoded_bytes
+    n_cached = len(subset["train"]) + len(subset["val"])
+    cache = cache_in_memory(n_cached, size, cfg.get("cache_limit_gb", 2.0))
+    log(f"input pipeline: {n_cached} training and validation images, {decoded_bytes(n_cached, size) / 2**20:.0f} MiB "
+        + ("decoded, cached in memory" if cache else
+           f"decoded: over --cache-limit-gb {cfg.get('cache_limit_gb', 2.0):g}, so decoded again every epoch, not cached"))
+    train_ds = dataset(root, subset["train"], index, size, cfg["batch_size"], training=True, augment=aug, seed=cfg["seed"],
+                       cache=cache)
+    val_ds = dataset(root, subset["val"], index, size, cfg["batch_size"], cache=cache)
     monitor = "val_loss" if subset["val"] else "loss"
     class_weight = {index[c]: w for c, w in cfg["class_weights"].items()} if cfg["use_class_weights"] else None
 
@@ -383,7 +393,8 @@ def _probe_phase(model, cfg, store, state, root, subset, index, class_weight, nu
     t0 = time.time()
     log(f"phase 1 (head only, backbone frozen): features of {len(subset['train'])} training and "
         f"{len(subset['val'])} validation images, then the head fitted to convergence for each C")
-    train_feats = features(model, dataset(root, subset["train"], index, cfg["image_size"], cfg["batch_size"]))
+    train_feats = features(model, dataset(root, subset["train"], index, cfg["image_size"], cfg["batch_size"],
+                                                cache=False))  # one pass
     val_feats = features(model, val_ds) if subset["val"] else (np.zeros((0, train_feats[0].shape[1])), np.zeros(0, int))
     kernel, bias, rows, best = fit_head(train_feats, val_feats, class_weight, num_classes, log=log)
     model.get_layer("head_dense").set_weights([kernel, bias])
@@ -416,7 +427,8 @@ def _finish(run, cfg, model, subset, index, class_names, state):
     metrics = {}
     for name in ("val", "test"):
         if subset[name]:
-            probs = model.predict(dataset(Path(cfg["data_root"]), subset[name], index, cfg["image_size"], cfg["batch_size"]), verbose=0)
+            probs = model.predict(dataset(Path(cfg["data_root"]), subset[name], index, cfg["image_size"], cfg["batch_size"],
+                                          cache=False), verbose=0)
             metrics[name] = classification_metrics(labels_of(subset[name], index), probs, class_names)
     write_json(run.metrics, metrics)
     if state["history"]:

@@ -23,7 +23,35 @@ def classification_metrics(y_true, probs, class_names):
         "per_class_recall": {name: float(r) for name, r in zip(class_names, recall)},
         "confusion_matrix": confusion_matrix(y_true, y_pred, labels=labels).tolist(),
     }
+    out["most_confused"] = most_confused(out["confusion_matrix"], class_names)
     return out
+
+
+# Above this many classes a confusion matrix is no longer readable: reports show the most confused
+# pairs and the worst per-class recalls instead.
+MATRIX_LIMIT = 30
+
+
+def most_confused(cm, class_names, k=20):
+    """The k largest off-diagonal cells: true class, predicted class, count, and share of the true class."""
+    cm = np.asarray(cm)
+    off = cm.copy()
+    np.fill_diagonal(off, 0)
+    order = np.argsort(-off, axis=None, kind="stable")[:k]
+    rows = cm.sum(axis=1)
+    pairs = []
+    for flat in order:
+        i, j = divmod(int(flat), cm.shape[1])
+        if off[i, j] == 0:
+            break
+        pairs.append({"true": class_names[i], "predicted": class_names[j], "count": int(off[i, j]),
+                      "share": float(off[i, j] / max(rows[i], 1))})
+    return pairs
+
+
+def worst_recall(per_class_recall, k=20):
+    """(class, recall) pairs, worst first (ties in name order)."""
+    return sorted(per_class_recall.items(), key=lambda kv: (kv[1], kv[0]))[:k]
 
 
 def agreement(probs, reference_probs):

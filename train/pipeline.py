@@ -7,7 +7,7 @@ from edge_runtime.preprocess import load_pixels
 AUTOTUNE = tf.data.AUTOTUNE
 
 
-def dataset(root, samples, class_index, size, batch_size, training=False, augment=None, seed=0):
+def dataset(root, samples, class_index, size, batch_size, training=False, augment=None, seed=0, cache=True):
     """(images float32 0..255, labels int32) batches for `samples` (data.Sample list)."""
     h, w = size
     paths = [str(root / s.path) for s in samples]
@@ -22,7 +22,9 @@ def dataset(root, samples, class_index, size, batch_size, training=False, augmen
         return img, label
 
     ds = tf.data.Dataset.from_tensor_slices((paths, labels))
-    ds = ds.map(decode, num_parallel_calls=AUTOTUNE, deterministic=True).cache()  # uint8 in memory: 4x smaller
+    ds = ds.map(decode, num_parallel_calls=AUTOTUNE, deterministic=True)
+    if cache:
+        ds = ds.cache()  # uint8 in memory: 4x smaller than the float batches
     if training:
         ds = ds.shuffle(len(paths), seed=seed, reshuffle_each_iteration=True)
     ds = ds.batch(batch_size).map(lambda x, y: (tf.cast(x, tf.float32), y), num_parallel_calls=AUTOTUNE)

@@ -52,7 +52,15 @@ def training_curves(history, path):
 
 
 def confusion_matrices(panels, class_names, path):
-    """panels: list of (title, confusion matrix). Rows are true classes, normalised per row."""
+    """panels: list of (title, confusion matrix). Rows are true classes, normalised per row.
+
+    With more classes than a matrix can show readably, each panel becomes two bar charts instead:
+    the most confused pairs and the worst per-class recalls.
+    """
+    from .metrics import MATRIX_LIMIT
+
+    if len(class_names) > MATRIX_LIMIT:
+        return confusion_summary(panels, class_names, path)
     n = len(panels)
     size = max(4.0, 0.45 * len(class_names) + 2)
     fig, axes = plt.subplots(1, n, figsize=((size + 1.5) * n, size), squeeze=False, layout="constrained")
@@ -70,4 +78,29 @@ def confusion_matrices(panels, class_names, path):
         ax.set_xlabel("predicted")
         ax.set_ylabel("true")
         ax.set_title(title)
+    save(fig, path)
+
+
+def confusion_summary(panels, class_names, path, k=20):
+    """Per panel: the k most confused pairs (true -> predicted) and the k worst per-class recalls."""
+    from .metrics import most_confused, worst_recall
+
+    fig, axes = plt.subplots(len(panels), 2, figsize=(14, 0.28 * k * len(panels) + 1.5 * len(panels)), squeeze=False,
+                             layout="constrained")
+    for (left, right), (title, cm) in zip(axes, panels):
+        cm = np.asarray(cm)
+        pairs = most_confused(cm, class_names, k)
+        left.barh(range(len(pairs)), [p["count"] for p in pairs], color="tab:red")
+        left.set_yticks(range(len(pairs)), [f"{p['true']} \u2192 {p['predicted']}" for p in pairs], fontsize=7)
+        left.invert_yaxis()
+        left.set_xlabel("test images")
+        left.set_title(f"{title}: most confused pairs (true \u2192 predicted)", fontsize=9)
+        recall = np.diag(cm) / np.maximum(cm.sum(axis=1), 1)
+        worst = worst_recall(dict(zip(class_names, recall.tolist())), k)
+        right.barh(range(len(worst)), [r for _, r in worst], color="tab:blue")
+        right.set_yticks(range(len(worst)), [c for c, _ in worst], fontsize=7)
+        right.invert_yaxis()
+        right.set_xlim(0, 1)
+        right.set_xlabel("recall")
+        right.set_title(f"the {len(worst)} worst of {len(class_names)} classes by recall", fontsize=9)
     save(fig, path)

@@ -1,0 +1,21 @@
+"""What kind of CPU this is: the facts that decide which runtime settings and kernels are fastest."""
+import platform
+
+# Instruction-set features that decide integer (and float) kernel speed.
+SPEED_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8", "asimd", "asimddp", "i8mm")
+
+
+def cpu_flags():
+    """The speed-relevant CPU flags of this machine (x86 'flags' or ARM 'Features' in /proc/cpuinfo)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            line = next((l for l in f if l.startswith(("flags", "Features"))), "")
+    except OSError:
+        return []
+    have = set(line.split(":", 1)[-1].split())
+    return [f for f in SPEED_FLAGS if f in have]
+
+
+def signature():
+    """Machines with the same signature pick the same fastest settings."""
+    return {"arch": platform.machine(), "cpu_flags": cpu_flags()}
