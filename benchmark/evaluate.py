@@ -57,7 +57,7 @@ QAT_SOURCE = "qat-source"
 SETTINGS_MIN_GAIN = 0.03
 
 
-def tuning_set(run, limit=200):
+def tuning_set(run, limit=64):
     """uint8 pixels of (up to `limit` of) the validation split: runtime settings are chosen on these, not on test."""
     samples = [s for s in run.split() if s.subset == "val"] or [s for s in run.split() if s.subset == "train"]
     root = run.data_root()
@@ -68,7 +68,7 @@ def tuning_set(run, limit=200):
 def choose_settings(candidates):
     """The fastest choice with the defaults' predictions; the defaults unless it beats them by SETTINGS_MIN_GAIN."""
     default = candidates[0]
-    same = [c for c in candidates if c["same_predictions"]]
+    same = [c for c in candidates if c["same_predictions"] and c["p50_ms"] is not None]
     best = min(same, key=lambda c: c["p50_ms"])
     return best["settings"] if best["p50_ms"] < (1 - SETTINGS_MIN_GAIN) * default["p50_ms"] else default["settings"]
 
@@ -186,14 +186,15 @@ def measure_all(run, variant_names=None, batch=16, timing=None, threads=None, tu
             try:
                 if kind == "edge" and tune_pixels is not None:
                     tuned = run_worker(dict(base, kind="tune", threads=cores, tune_pixels=str(Path(work) / "tune.npy"),
-                                            timing=dict(timing, max_seconds=min(timing["max_seconds"], 10.0)),
+                                            timing=dict(timing, max_seconds=min(timing["max_seconds"], 5.0)),
                                             result_out=str(Path(work) / f"{name}-tune.json")), work)
                     base["settings"] = choose_settings(tuned["candidates"])
                     row.update(runtime_settings=base["settings"], settings_candidates=tuned["candidates"],
                                runtime_settings_text=describe_settings(base["settings"]))
                     log("    runtime settings: " + "; ".join(
-                        f"{describe_settings(c['settings'])} {c['p50_ms']:.2f} ms"
-                        + ("" if c["same_predictions"] else " (other predictions: excluded)") for c in tuned["candidates"])
+                        f"{describe_settings(c['settings'])} "
+                        + (f"{c['p50_ms']:.2f} ms" if c["same_predictions"] else "other predictions: excluded")
+                        for c in tuned["candidates"])
                         + f" -> {describe_settings(base['settings'])}")
                 full = run_worker(dict(base, threads=cores, full=True, timed=timed, probs_out=str(Path(work) / f"{name}.npy"),
                                        mobile_pixels=str(Path(work) / "mobile.npy"),

@@ -27,6 +27,10 @@ def main(argv=None):
     p.add_argument("--onnx-calibration", choices=["minmax", "entropy", "percentile"], default="minmax",
                    help="ONNX Runtime calibration method (default minmax: entropy and percentile measured no better "
                         "on Leeds and are slow and memory-hungry)")
+    p.add_argument("--tflite-ranges", choices=["auto", "minmax", "p99.99", "p99.9"], default="auto",
+                   help="activation ranges of tflite-int8: the calibrator's min/max, or a percentile of the activations "
+                        "(default auto: min/max when it meets the parity budget on the validation split, else the best "
+                        "of the three there)")
     a = p.parse_args(argv)
 
     def body():
@@ -46,7 +50,7 @@ def main(argv=None):
         budget = Budget(a.max_drop, a.min_agreement, a.fallback_cap, a.fallback)
         manifest, failed = export_run(run, a.variants, calibration_images=a.calibration_images, qat_epochs=a.qat_epochs,
                                       qat_lr=a.qat_lr, smoke_images=a.smoke_images, budget=budget,
-                                      onnx_calibration=a.onnx_calibration)
+                                      onnx_calibration=a.onnx_calibration, tflite_ranges=a.tflite_ranges)
         log(f"manifest: {run.export_dir / 'manifest.json'}")
         if failed:
             print(f"error: export failed for {', '.join(failed)} (see the manifest and {run.export_dir}/*.error.log)",

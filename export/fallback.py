@@ -44,6 +44,13 @@ def val_metrics(probs, ref, labels):
             "mean_abs_prob_diff": float(np.abs(probs - ref).mean())}
 
 
+def short_name(op):
+    """A readable op name for the log: TFLite names a fused op by every tensor it absorbed
+    ('model/conv2_block3_2_relu/Relu;model/conv2_block3_2_bn/...'); the first one's layer says which."""
+    parts = op.split(";")[0].split("/")
+    return parts[-2] if len(parts) >= 2 else parts[0]
+
+
 def _p50_ms(path, pixels, runs=15):
     clf = Classifier(path, verify=False, threads=1)
     x = pixels[:1]
@@ -106,7 +113,7 @@ def search(quantize, candidates, validation, budget, work, log, suffix):
         trial = build(chosen + [op], f"try{tried}")
         m = val_metrics(probs_of(trial), ref, labels)
         keep = m["mean_abs_prob_diff"] < after["mean_abs_prob_diff"] or not misses(m)
-        log(f"  {op} in float: Δtop-1 {m['top1_change_points']:+.1f} pts, agreement {m['agreement']:.3f}"
+        log(f"  {short_name(op)} in float: Δtop-1 {m['top1_change_points']:+.1f} pts, agreement {m['agreement']:.3f}"
             + (f" -> kept ({len(chosen) + 1} op(s) in float)" if keep else " -> no better, back to int8"))
         if keep:
             chosen, after, path = chosen + [op], m, trial

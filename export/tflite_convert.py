@@ -72,7 +72,11 @@ def int8(ctx, path):
     tf = _tf()  # first: the import below would load TensorFlow loudly
     from tensorflow.lite.python.convert import mlir_quantize
 
-    from .fallback import search
+    from edge_runtime.classifier import Classifier
+    from train.metrics import parity_misses
+
+    from . import tflite_ranges
+    from .fallback import search, val_metrics
 
     c = _run_converter(ctx)
     c.optimizations = [tf.lite.Optimize.DEFAULT]
@@ -80,21 +84,32 @@ def int8(ctx, path):
     c._experimental_calibrate_only = True  # noqa: SLF001  (the public QuantizationDebugger does the same)
     calibrated = c.convert()
 
-    def quantize(excluded, out):
+    def quantize_model(model, excluded, out):
         # what TFLiteConverter.convert() itself calls after calibration, plus the ops kept float
         from train import quiet_fds
 
         with quiet_fds():  # it prints "fully_quantize: 0, inference_type: 6, ..." on every call
-            flatbuffer = mlir_quantize(calibrated, input_data_type=tf.uint8, output_data_type=tf.uint8,
+            flatbuffer = mlir_quantize(model, input_data_type=tf.uint8, output_data_type=tf.uint8,
                                        denylisted_nodes=excluded or None)
         _write(out, flatbuffer)
+        return out
 
     with tempfile.TemporaryDirectory(prefix="tflite-int8-") as work:
+        pixels, labels, ref = ctx.validation
+        calibrated, ranges = tflite_ranges.choose(
+            calibrated, ctx.calibration, lambda model, name: quantize_model(model, [], f"{work}/ranges-{name}.tflite"),
+            lambda path: val_metrics(Classifier(path, verify=False).probabilities(pixels), ref, labels),
+            lambda m: parity_misses(m["top1_change_points"], m["agreement"], ctx.budget.max_drop, ctx.budget.min_agreement),
+            ctx.tflite_ranges, ctx.log)
+
+        def quantize(excluded, out):
+            quantize_model(calibrated, excluded, out)
+
         quantize([], f"{work}/probe.tflite")
         candidates = _quantized_op_outputs(f"{work}/probe.tflite")
         chosen, record = search(quantize, candidates, ctx.validation, ctx.budget, work, ctx.log, ".tflite")
         _copy(chosen, path)
-    return {"calibration_images": len(ctx.calibration), "fallback": record}
+    return {"calibration_images": len(ctx.calibration), "activation_ranges": ranges, "fallback": record}
 
 
 def _quantized_op_outputs(path):

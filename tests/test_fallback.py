@@ -51,6 +51,7 @@ def context(model, budget, tmp_path):
     val = colour_images(60, 2)
     probs = model.predict(val.astype(np.float32), verbose=0)
     ctx = types.SimpleNamespace(model=model, calibration=cal, budget=budget, log=print, onnx_calibration="minmax",
+                                tflite_ranges="auto",
                                 class_names=["r", "g", "b"], validation=(val, probs.argmax(1), probs),
                                 config={"image_size": [SIZE, SIZE], "preprocessing": {"input_size": [SIZE, SIZE]}})
     ctx.representative_dataset = lambda: ([img[None].astype(np.float32)] for img in cal)
@@ -97,6 +98,77 @@ def test_a_model_within_budget_is_left_fully_quantized(tmp_path):
     model.get_layer("head_dense").set_weights([w, b])
     record = tflite_convert.int8(context(model, Budget(), tmp_path), tmp_path / "m.tflite")["fallback"]
     assert record["met_budget"] and record["kept_float"] == [] and record["validation_before"]["agreement"] >= 0.98
+
+
+def outlier_model():
+    """Raw pixels -> 1x1 conv + ReLU -> mean -> dense softmax, where conv channel 3 fires only on a pure
+    white pixel (about 1000 there, 0 on any colour_images pixel) and the head ignores it. Calibrated on
+    images one of which has a single white pixel, the conv's per-tensor int8 range becomes 0..1000, a
+    step of 4 where the colour channels span 0..1: they all round to 0."""
+    import tf_keras as keras
+
+    inp = keras.Input((SIZE, SIZE, 3), name="image")
+    conv = keras.layers.Conv2D(4, 1, activation="relu", name="colours")
+    x = keras.layers.GlobalAveragePooling2D(name="head_pool")(conv(inp))
+    dense = keras.layers.Dense(3, activation="softmax", name="head_dense")
+    model = keras.Model(inp, dense(x))
+    k = np.zeros((1, 1, 3, 4), np.float32)
+    k[0, 0, [0, 1, 2], [0, 1, 2]] = 1.0 / 255
+    k[0, 0, :, 3] = 8.0
+    conv.set_weights([k, np.array([0, 0, 0, -5100], np.float32)])  # white: 8 * 765 - 5100 = 1020
+    w = np.zeros((4, 3), np.float32)
+    w[[0, 1, 2], [0, 1, 2]] = 12.0
+    dense.set_weights([w, np.zeros(3, np.float32)])
+    return model
+
+
+def test_percentile_ranges_rescue_a_tensor_whose_range_one_outlier_set(tmp_path):
+    from export import tflite_convert
+
+    model = outlier_model()
+    ctx = context(model, Budget(enabled=False), tmp_path)  # no fallback: the ranges alone must do it
+    cal = ctx.calibration.copy()
+    cal[0, 3, 3] = 255  # one white pixel in one calibration image
+    ctx.calibration = cal
+    ctx.representative_dataset = lambda: ([img[None].astype(np.float32)] for img in cal)
+    record = tflite_convert.int8(ctx, tmp_path / "m.tflite")
+    ranges = {t["method"]: t for t in record["activation_ranges"]["tried"]}
+    assert ranges["minmax"]["agreement"] < 0.7, ranges  # the outlier's range crushed the colour channels
+    assert record["activation_ranges"]["method"] in ("p99.9", "p99.99")
+    assert ranges[record["activation_ranges"]["method"]]["agreement"] >= 0.98
+    assert record["fallback"]["validation_before"]["agreement"] >= 0.98 and record["fallback"]["met_budget"]
+
+    ctx.tflite_ranges = "minmax"  # the option keeps the calibrator's ranges
+    record = tflite_convert.int8(ctx, tmp_path / "plain.tflite")
+    assert record["activation_ranges"] == {"method": "minmax", "chosen_by": "option"}
+    assert record["fallback"]["validation_before"]["agreement"] < 0.7
+
+
+def test_percentile_ranges_only_narrow_and_always_hold_zero():
+    from tensorflow.lite.python import schema_py_generated as schema
+
+    from export import tflite_ranges
+    from train import import_tensorflow
+
+    tf = import_tensorflow()
+    model = outlier_model()
+    c = tf.lite.TFLiteConverter.from_keras_model(model)
+    c.optimizations = [tf.lite.Optimize.DEFAULT]
+    imgs = colour_images(20, 3)
+    imgs[0, 0, 0] = 255
+    c.representative_dataset = lambda: ([img[None].astype(np.float32)] for img in imgs)
+    c._experimental_calibrate_only = True
+    calibrated = c.convert()
+    samples = tflite_ranges.activation_samples(calibrated, imgs)
+    before = schema.ModelT.InitFromPackedBuf(bytearray(calibrated), 0)
+    after = schema.ModelT.InitFromPackedBuf(bytearray(tflite_ranges.with_ranges(calibrated, samples, "p99.9")), 0)
+    narrowed = 0
+    for i in tflite_ranges.stat_tensors(before):
+        b, a = before.subgraphs[0].tensors[i].quantization, after.subgraphs[0].tensors[i].quantization
+        assert min(b.min[0], 0.0) <= a.min[0] <= 0.0 <= a.max[0] <= max(b.max[0], 0.0)  # int8 ranges hold 0 anyway
+        narrowed += a.max[0] < b.max[0] / 10
+    assert narrowed >= 1  # the conv output: 0..1020 became about 0..1
+    assert tflite_ranges.with_ranges(calibrated, samples, "minmax") is calibrated
 
 
 def test_parity_budget_and_intervals():
