@@ -171,6 +171,37 @@ def test_percentile_ranges_only_narrow_and_always_hold_zero():
     assert tflite_ranges.with_ranges(calibrated, samples, "minmax") is calibrated
 
 
+def test_search_stops_after_a_run_of_ops_that_do_not_help(tmp_path, monkeypatch):
+    """The search logic alone, on fake files: only op07 and op09 lower the error, and nothing after them helps."""
+    import json
+
+    from export import fallback
+
+    helpful = {"op07": 0.02, "op09": 0.01}
+    rng = np.random.default_rng(0)
+    ref = rng.dirichlet(np.ones(3), 50)
+    labels = ref.argmax(1)
+
+    class FakeClassifier:
+        def __init__(self, path, **_):
+            self.excluded = json.loads(open(path).read())
+
+        def probabilities(self, pixels):
+            error = 0.1 - sum(helpful.get(op, 0.0) for op in self.excluded)
+            out = ref[: len(pixels)] + error * np.roll(np.eye(3), 1, axis=1)[labels[: len(pixels)]]
+            return out / out.sum(1, keepdims=True)
+
+    def quantize(excluded, path):
+        open(path, "w").write(json.dumps(sorted(excluded)))
+
+    monkeypatch.setattr(fallback, "Classifier", FakeClassifier)
+    ops = [f"op{i:02d}" for i in range(40)]  # cap 10, so up to 20 tries without the stop
+    path, record = fallback.search(quantize, ops, (np.zeros((50, 1)), labels, ref), Budget(), tmp_path, print, ".json")
+    assert set(record["kept_float"]) == {"op07", "op09"} and not record["met_budget"]
+    assert record["tried"] == 2 + fallback.PATIENCE and record["stopped_in_vain"]
+    assert json.loads(open(path).read()) == ["op07", "op09"]
+
+
 def test_parity_budget_and_intervals():
     assert parity_misses(-1.0, 0.98) == []
     assert parity_misses(-1.2, 0.99)[0].startswith("top-1 -1.20")
