@@ -96,10 +96,8 @@ def pipeline_against_step(run, batches=40, steps=8):
     from train import import_tensorflow
 
     import_tensorflow()
-    import tf_keras as keras
-
     from train.augment import augmenter
-    from train.model import build_model, set_phase
+    from train.model import build_model, compile_for_training, set_phase
     from train.pipeline import dataset
 
     cfg, samples = run.config(), run.split()
@@ -120,8 +118,7 @@ def pipeline_against_step(run, batches=40, steps=8):
 
     model = build_model({**cfg, "weights": "none"}, len(names))
     set_phase(model, 1, cfg)
-    clip = {"global_clipnorm": cfg["clip_norm"]} if cfg.get("clip_norm") else {}
-    model.compile(optimizer=keras.optimizers.Adam(cfg["lr"], **clip), loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    compile_for_training(model, cfg, cfg["lr"])  # the very step training runs
     x, y = next(it)
     for _ in range(2):
         model.train_on_batch(x, y)

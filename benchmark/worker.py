@@ -93,14 +93,17 @@ def tune(job):
     # One choice at a time, not interleaved: ONNX Runtime's idle thread pools spin and would slow the
     # session being timed. A second pass in reverse order, for the choices within 25% of the fastest,
     # so drift hits them alike; each keeps its faster pass.
+    def p50_of(m):
+        return latency(lambda i: m.probabilities(one[i % n]), **job["timing"])["p50_ms"]
+
     p50 = [None] * len(models)
     eligible = [k for k in range(len(models)) if same[k]]
     for k in eligible:
-        p50[k] = latency(lambda i, m=models[k]: m.probabilities(one[i % n]), **job["timing"])["p50_ms"]
+        p50[k] = p50_of(models[k])
     close = [k for k in reversed(eligible) if p50[k] <= 1.25 * min(p50[j] for j in eligible)]
     if len(close) > 1:
         for k in close:
-            p50[k] = min(p50[k], latency(lambda i, m=models[k]: m.probabilities(one[i % n]), **job["timing"])["p50_ms"])
+            p50[k] = min(p50[k], p50_of(models[k]))
     return {"candidates": [{"settings": s, "p50_ms": t, "same_predictions": ok} for s, t, ok in zip(choices, p50, same)],
             "images": n}
 

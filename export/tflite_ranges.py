@@ -90,8 +90,7 @@ def choose(calibrated, images, quantize, evaluate, misses, method="auto", log=pr
             f"agreement {metrics['agreement']:.3f}, mean |Δp| {metrics['mean_abs_prob_diff']:.4f}")
         if m == "minmax" and not misses(metrics):
             break  # the calibrator's own ranges already hold the budget: keep them
-    best = tried[0] if len(tried) == 1 or not misses(tried[0]) else \
-        max(tried, key=lambda t: (t["agreement"], -t["mean_abs_prob_diff"]))
+    best = max(tried, key=lambda t: (t["agreement"], -t["mean_abs_prob_diff"]))  # one when min/max held the budget
     if len(tried) > 1:
         log(f"  activation ranges: {best['method']} chosen on the validation split")
     return with_ranges(calibrated, samples, best["method"]), {

@@ -15,7 +15,7 @@ import numpy as np
 
 from edge_runtime.errors import InputError
 from edge_runtime.files import sha256_file
-from edge_runtime.preprocess import _open, to_rgb
+from edge_runtime.preprocess import decode
 
 SUBSETS = ("train", "val", "test")
 
@@ -31,7 +31,7 @@ class Sample:
 def _check_image(path):
     """None if the file decodes as an image, else a short reason."""
     try:
-        to_rgb(_open(path))
+        decode(path)
         return None
     except InputError as e:
         msg = str(e)

@@ -49,12 +49,24 @@ def _default_name(cfg):
     return f"{data}-{cfg['backbone']}"
 
 
+def _refuse_finished(run, overwrite):
+    if run.finished and not overwrite:
+        raise InputError(f"run {run.path} is already finished; pass --overwrite (OVERWRITE=1) to replace it, or choose another --run")
+
+
+def _refuse_other_options(run, cfg):
+    """A run resumes only with the options it was started with."""
+    diff = [k for k in RESUME_KEYS if run.config().get(k) != cfg.get(k)]
+    if diff:
+        raise InputError(f"run {run.path} was started with other options ({', '.join(diff)}); "
+                         f"rerun with the same options to resume, or pass --overwrite")
+
+
 def choose_run(cfg, run_arg, overwrite):
     """The run folder to use, and whether we resume an interrupted run in it."""
     if run_arg:
         run = Run(run_arg)
-        if run.finished and not overwrite:
-            raise InputError(f"run {run.path} is already finished; pass --overwrite (OVERWRITE=1) to replace it, or choose another --run")
+        _refuse_finished(run, overwrite)
     else:
         base = RUNS_DIR / _default_name(cfg)
         run, n = Run(base), 1
@@ -65,11 +77,7 @@ def choose_run(cfg, run_arg, overwrite):
         log(f"--overwrite: removing {run.path}")
         shutil.rmtree(run.path)
     if run.state_file.exists():
-        old = run.config()
-        diff = [k for k in RESUME_KEYS if old.get(k) != cfg.get(k)]
-        if diff:
-            raise InputError(f"run {run.path} was started with other options ({', '.join(diff)}); "
-                             f"rerun with the same options to resume, or pass --overwrite")
+        _refuse_other_options(run, cfg)
         return run, True
     if run.path.exists() and any(run.path.iterdir()):
         raise InputError(f"{run.path} exists and is not a run folder; pass --overwrite or choose another --run")
@@ -84,16 +92,14 @@ def worker_run(cfg, run_arg, overwrite):
     deleted when they finish. When the chief's folder holds a checkpoint, the copy starts from it.
     """
     real = Run(run_arg)
-    if real.finished and not overwrite:
-        raise InputError(f"run {real.path} is already finished; pass --overwrite (OVERWRITE=1) to replace it, or choose another --run")
+    _refuse_finished(real, overwrite)
+    resuming = not overwrite and real.state_file.exists()
+    if resuming:
+        _refuse_other_options(real, cfg)
     scratch = Run(Path(tempfile.mkdtemp(prefix="train-worker-")) / real.path.name)
-    if overwrite or not real.state_file.exists():
-        return scratch, False
-    shutil.copytree(real.path, scratch.path, ignore=shutil.ignore_patterns("export", "benchmark", "logs"))
-    diff = [k for k in RESUME_KEYS if scratch.config().get(k) != cfg.get(k)]
-    if diff:
-        raise InputError(f"run {real.path} was started with other options ({', '.join(diff)}); rerun with the same options")
-    return scratch, True
+    if resuming:
+        shutil.copytree(real.path, scratch.path, ignore=shutil.ignore_patterns("export", "benchmark", "logs"))
+    return scratch, resuming
 
 
 def prepare_data(cfg):
@@ -190,10 +196,10 @@ def tf_config():
 
 
 def is_chief():
-    tf_config_ = tf_config()
-    task = tf_config_.get("task", {})
+    conf = tf_config()
+    task = conf.get("task", {})
     return task.get("type", "chief") == "chief" or (task.get("type") == "worker" and task.get("index", 0) == 0
-                                                    and "chief" not in tf_config_.get("cluster", {}))
+                                                    and "chief" not in conf.get("cluster", {}))
 
 
 def train(args):
@@ -267,7 +273,7 @@ def _fit_and_finish(run, cfg, samples, class_names, state):
 
     from .augment import augmenter, preview
     from .callbacks import EarlyStopping, EpochCheckpoint, ReduceLROnPlateau, Warmup, WarmupCosine, restore_optimizer
-    from .model import build_model, set_phase, unfreeze_start
+    from .model import build_model, compile_for_training, set_phase, unfreeze_start
     from .pipeline import dataset
 
     keras.utils.set_random_seed(cfg["seed"])
@@ -284,10 +290,9 @@ def _fit_and_finish(run, cfg, samples, class_names, state):
     subset = {k: [s for s in samples if s.subset == k] for k in ("train", "val", "test")}
     aug = augmenter(cfg["augment"], cfg["seed"], cfg.get("flip", True))
     size = cfg["image_size"]
-    from .data import cache_in_memory, decoded_bytes
     n_cached = len(subset["train"]) + len(subset["val"])
-    cache = cache_in_memory(n_cached, size, cfg.get("cache_limit_gb", 2.0))
-    log(f"input pipeline: {n_cached} training and validation images, {decoded_bytes(n_cached, size) / 2**20:.0f} MiB "
+    cache = D.cache_in_memory(n_cached, size, cfg.get("cache_limit_gb", 2.0))
+    log(f"input pipeline: {n_cached} training and validation images, {D.decoded_bytes(n_cached, size) / 2**20:.0f} MiB "
         + ("decoded, cached in memory" if cache else
            f"decoded: over --cache-limit-gb {cfg.get('cache_limit_gb', 2.0):g}, so decoded again every epoch, not cached"))
     train_ds = dataset(root, subset["train"], index, size, cfg["batch_size"], training=True, augment=aug, seed=cfg["seed"],
@@ -325,9 +330,7 @@ def _fit_and_finish(run, cfg, samples, class_names, state):
         if start < epochs:
             with strategy.scope():
                 trainable = set_phase(model, phase, cfg)
-                clip = {"global_clipnorm": cfg["clip_norm"]} if cfg.get("clip_norm") else {}
-                model.compile(optimizer=keras.optimizers.Adam(lr, **clip), loss="sparse_categorical_crossentropy",
-                              metrics=["accuracy"], jit_compile=bool(cfg["xla"]))
+                compile_for_training(model, cfg, lr)
                 if resume:
                     with np.load(store.path("optimizer.npz")) as z:
                         restore_optimizer(model.optimizer, model, [z[f"arr_{i}"] for i in range(len(z.files))])

@@ -84,6 +84,13 @@ def build_model(cfg, num_classes):
     return keras.Model(inputs, outputs, name=f"{cfg['backbone']}_classifier")
 
 
+def compile_for_training(model, cfg, lr):
+    """The training step of a run: Adam (with the run's gradient clipping), sparse cross-entropy, XLA if asked."""
+    clip = {"global_clipnorm": cfg["clip_norm"]} if cfg.get("clip_norm") else {}
+    model.compile(optimizer=keras.optimizers.Adam(lr, **clip), loss="sparse_categorical_crossentropy",
+                  metrics=["accuracy"], jit_compile=bool(cfg.get("xla")))
+
+
 def load_keras(path, quantization_aware=False):
     """A saved Keras model (inference only), or one clear InputError naming the file and the reason.
 

@@ -93,7 +93,7 @@ def confusion_summary(panels, class_names, path, k=20):
         left.barh(range(len(pairs)), [p["count"] for p in pairs], color="tab:red")
         left.set_yticks(range(len(pairs)), [f"{p['true']} \u2192 {p['predicted']}" for p in pairs], fontsize=7)
         left.invert_yaxis()
-        left.set_xlabel("test images")
+        left.set_xlabel("images")  # validation or test, as the panel's title says
         left.set_title(f"{title}: most confused pairs (true \u2192 predicted)", fontsize=9)
         recall = np.diag(cm) / np.maximum(cm.sum(axis=1), 1)
         worst = worst_recall(dict(zip(class_names, recall.tolist())), k)
