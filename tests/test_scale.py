@@ -86,7 +86,11 @@ def test_scale_check_runs_end_to_end_on_a_small_many_class_set(tmp_path):
 
     run = tmp_path / "scale"
     proc = run_cli("-m", "benchmark.scale_check", "--classes", "35", "--per-class", "10", "--data", str(tmp_path / "data"),
-                   "--run", str(run), "--backbone", "mobilenet", "--batch-size", "32")
+                   "--run", str(run), "--backbone", "mobilenet", "--batch-size", "32",
+                   # float32: after 1 epoch from random weights on 35 classes the outputs can be nearly
+                   # uniform, and an int8 file of such a model rounds them to ties (its export then fails
+                   # its smoke check); the int8 path at scale is what `make scale-check` itself runs
+                   "--variant", "tflite-fp32")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     r = json.loads((run / "scale_check.json").read_text())
     assert r["classes"] == 35 and r["images_listed"] == 35 * 10 + 4
