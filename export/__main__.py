@@ -27,10 +27,11 @@ def main(argv=None):
     p.add_argument("--onnx-calibration", choices=["minmax", "entropy", "percentile"], default="minmax",
                    help="ONNX Runtime calibration method (default minmax: entropy and percentile measured no better "
                         "on Leeds and are slow and memory-hungry)")
-    p.add_argument("--tflite-ranges", choices=["auto", "minmax", "p99.99", "p99.9"], default="auto",
-                   help="activation ranges of tflite-int8: the calibrator's min/max, or a percentile of the activations "
-                        "(default auto: min/max when it meets the parity budget on the validation split, else the best "
-                        "of the three there)")
+    p.add_argument("--ranges", default="auto", metavar="auto|minmax|p99.99|p99.9[@FROM]",
+                   help="activation ranges of tflite-int8 and onnx-int8: the calibrator's min/max, or a percentile of "
+                        "the activations from FROM (a share of the ops, default 0) on. Default auto: min/max when it "
+                        "meets the parity budget on the validation split, else the best there of the percentiles "
+                        "from 0, 0.25, 0.5 and 0.75 of the ops on")
     a = p.parse_args(argv)
 
     def body():
@@ -41,6 +42,12 @@ def main(argv=None):
         if a.calibration_images < 1 or a.smoke_images < 1 or (a.qat_epochs or 0) < 0:
             raise InputError("--calibration-images and --smoke-images must be at least 1, --qat-epochs at least 0")
         select(a.variants)  # an unknown name fails before any slow work
+        from .ranges import candidates
+
+        try:
+            candidates(a.ranges)
+        except ValueError as e:
+            raise InputError(f"--ranges: {e}") from None
         run = resolve_run(a.run)
         log(f"run: {run.path}")
         if not 0 < a.fallback_cap <= 1 or not 0 <= a.min_agreement <= 1 or a.max_drop < 0:
@@ -50,7 +57,7 @@ def main(argv=None):
         budget = Budget(a.max_drop, a.min_agreement, a.fallback_cap, a.fallback)
         manifest, failed = export_run(run, a.variants, calibration_images=a.calibration_images, qat_epochs=a.qat_epochs,
                                       qat_lr=a.qat_lr, smoke_images=a.smoke_images, budget=budget,
-                                      onnx_calibration=a.onnx_calibration, tflite_ranges=a.tflite_ranges)
+                                      onnx_calibration=a.onnx_calibration, ranges=a.ranges)
         log(f"manifest: {run.export_dir / 'manifest.json'}")
         if failed:
             print(f"error: export failed for {', '.join(failed)} (see the manifest and {run.export_dir}/*.error.log)",

@@ -3,6 +3,7 @@ import json
 import logging
 import shutil
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -72,12 +73,17 @@ def int8(ctx, path):
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    from .fallback import search
+    from edge_runtime.classifier import Classifier
+    from train.metrics import parity_misses
+
+    from . import onnx_ranges, ranges
+    from .fallback import search, val_metrics
     from .onnx_graph import float_nodes
 
     method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
               "percentile": CalibrationMethod.Percentile}[ctx.onnx_calibration]
     work = Path(tempfile.mkdtemp(prefix="onnx-int8-"))
+    stages, t0 = {}, time.time()
     try:
         source = work / "fp32.onnx"
         onnx.save(_float_proto(ctx), str(source))
@@ -103,15 +109,36 @@ def int8(ctx, path):
         finally:
             logging.getLogger().setLevel(root_level)
         qdq, float_model = onnx.load(str(full)), onnx.load(str(prepped))
+        stages["calibration"], t0 = round(time.time() - t0, 1), time.time()
+        pixels, labels, ref = ctx.validation
+        samples = {}
+
+        def write(method):  # the fully quantized file with these activation ranges
+            if method != "minmax" and not samples:
+                samples.update(onnx_ranges.activation_samples(float_model, qdq, ctx.calibration))
+            out = work / f"ranges-{method.replace('@', '-from-')}.onnx"
+            onnx.save(onnx_ranges.with_ranges(qdq, float_model, samples, method), str(out))
+            return out
+
+        method, ranges_record, full_measured = ranges.choose(
+            write, lambda path: val_metrics(Classifier(path, verify=False).probabilities(pixels), ref, labels),
+            lambda m: parity_misses(m["top1_change_points"], m["agreement"], ctx.budget.max_drop, ctx.budget.min_agreement),
+            ctx.ranges, ctx.log)
+        qdq = onnx.load(str(full_measured[0]))
+        stages["activation ranges"], t0 = round(time.time() - t0, 1), time.time()
 
         def quantize(excluded, out):
             onnx.save(float_nodes(qdq, float_model, excluded) if excluded else qdq, str(out))
 
-        chosen, record = search(quantize, candidates, ctx.validation, ctx.budget, work, ctx.log, ".onnx")
+        chosen, record = search(quantize, candidates, ctx.validation, ctx.budget, work, ctx.log, ".onnx",
+                                full=full_measured)
         proto = onnx.load(str(chosen))
         onnx.save(_metadata(proto, ctx), str(path))
+        stages["fallback"] = round(time.time() - t0, 1)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return {"opset": OPSET, "calibration_images": len(ctx.calibration), "calibration_method": ctx.onnx_calibration,
+            "activation_ranges": ranges_record,
             "quantization": "QDQ, per-channel symmetric int8 weights, asymmetric uint8 activations; "
-                            "ops kept float by the fallback get float weights and float outputs", "fallback": record}
+                            "ops kept float by the fallback get float weights and float outputs", "fallback": record,
+            "stage_seconds": stages}

@@ -14,7 +14,8 @@ import copy
 
 def float_nodes(qdq, float_model, names):
     """A copy of the QDQ model with the named nodes computing in float: float weights and bias from
-    float_model, and no Q/DQ pair on their outputs (nor after the Relu/Clip that follows them)."""
+    float_model, and no Q/DQ pair on their outputs (nor after the Relu/Clip that follows them, nor
+    after any node without weights that then reads only float tensors)."""
     m = copy.deepcopy(qdq)
     g = m.graph
     names = set(names)
@@ -46,6 +47,14 @@ def float_nodes(qdq, float_model, names):
             for c in _readers(out, consumers):
                 if c.op_type in ("Relu", "Clip"):  # the activation fused with it: its output stays float too
                     bypass.update(c.output)
+    # a node without weights that reads only float tensors (a pool, a Squeeze, the softmax after
+    # float ops) computes in float too: quantizing its output again would only round it
+    for n in g.node:
+        if n.name in names or n.op_type in ("QuantizeLinear", "DequantizeLinear"):
+            continue
+        sources = [_source(i, producer) for i in n.input if i and i not in have]
+        if sources and all(src in bypass for src in sources):
+            bypass.update(n.output)
     # drop the Q/DQ pairs on the bypassed tensors: consumers of the DQ read the float tensor
     drop = []
     for q in [n for n in g.node if n.op_type == "QuantizeLinear" and n.input[0] in bypass]:
@@ -69,6 +78,16 @@ def float_nodes(qdq, float_model, names):
     for init in [i for i in g.initializer if i.name not in used]:
         g.initializer.remove(init)
     return m
+
+
+def _source(tensor, producer):
+    """The float tensor behind a DequantizeLinear(QuantizeLinear(x)) pair, else the tensor itself."""
+    dq = producer.get(tensor)
+    if dq is not None and dq.op_type == "DequantizeLinear":
+        q = producer.get(dq.input[0])
+        if q is not None and q.op_type == "QuantizeLinear":
+            return q.input[0]
+    return tensor
 
 
 def _readers(tensor, consumers):
