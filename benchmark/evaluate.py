@@ -221,7 +221,10 @@ def measure_all(run, variant_names=None, batch=16, timing=None, threads=None, tu
                        mobile_resize_max_abs_prob_diff=float(np.abs(mobile - own).max()))
             fb = entry.get("fallback")
             if fb:
-                row.update(float_ops=len(fb["kept_float"]), fallback_met_budget=fb["met_budget"])
+                row.update(float_ops=len(fb["kept_float"]), fallback_met_budget=fb["met_budget"],
+                           fallback={k: fb.get(k) for k in ("candidate_ops", "validation_before", "validation_after",
+                                                            "kept_float_layers", "float_from", "met_budget", "cost")},
+                           activation_ranges=(entry.get("activation_ranges") or {}).get("method"))
             rows.append(row)
             log(f"    top-1 {row['top1']:.3f}" + (f" ({row['top1_change_points']:+.1f} pts, agreement {row['agreement']:.3f})"
                                                      if row.get("agreement") is not None else "")

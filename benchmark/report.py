@@ -102,6 +102,7 @@ def markdown(report):
         out += ["", f"`make bundle RUN={report['run']}` packs the fastest; pass `VARIANT=` for another.", ""]
     else:
         out += ["No exported variant passes the gate, so none is recommended.", ""]
+    out += fallback_section(rows)
     out += ceiling_section(rows, m.get("cpu_flags", []))
     if ctx["unavailable"]:
         out += ["Not benchmarked (no good export): " + ", ".join(f"{k} ({v})" for k, v in ctx["unavailable"].items()), ""]
@@ -127,6 +128,32 @@ def markdown(report):
             "![accuracy against latency](accuracy_vs_latency.png)", "",
             "![confusion matrices](confusion_float_vs_int8.png)", ""]
     return "\n".join(out)
+
+
+def fallback_section(rows):
+    """What the exporter did on the validation split to hold each integer variant's parity, and its cost."""
+    fbs = [r for r in rows if r.get("fallback")]
+    if not fbs:
+        return []
+    out = ["## Accuracy-aware fallback (decided on the validation split)", "",
+           "| variant | activation ranges | validation before (Δ top-1 / agreement) | ops kept float | after | "
+           "budget met | size MB | p50 ms, 1 thread |", "|---|---|---|---|---|---|---|---|"]
+    for r in fbs:
+        fb, cost = r["fallback"], r["fallback"].get("cost") or {}
+        b, a = fb["validation_before"], fb["validation_after"]
+        n = len(fb.get("kept_float_layers") or [])
+        kept = (f"{n} of {fb['candidate_ops']}, " + (f"from `{fb['float_from']}` to the output" if fb.get("float_from")
+                                                     else "single ops") if n else "none")
+        size = (f"{cost['bytes_full_int8'] / 1e6:.1f} → {cost['bytes'] / 1e6:.1f}" if cost else "—")
+        p50 = (f"{cost['p50_ms_1thread_full_int8']:.1f} → {cost['p50_ms_1thread']:.1f}" if cost else "—")
+        out.append(f"| {r['variant']} | {r.get('activation_ranges') or '—'} | {b['top1_change_points']:+.1f} / "
+                   f"{b['agreement']:.3f} | {kept} | {a['top1_change_points']:+.1f} / {a['agreement']:.3f} | "
+                   f"{'yes' if fb['met_budget'] else '**no**'} | {size} | {p50} |")
+    for r in fbs:
+        layers = r["fallback"].get("kept_float_layers") or []
+        if layers:
+            out.append(f"\n`{r['variant']}` keeps these ops float: {', '.join(f'`{x}`' for x in layers)}.")
+    return out + [""]
 
 
 def ceiling_section(rows, flags):

@@ -22,11 +22,11 @@ def main(argv=None):
                    help="quantize every op, even when the variant misses the parity budget")
     g.add_argument("--max-drop", type=float, default=1.0, help="budget: largest top-1 drop against Keras, points (default 1.0)")
     g.add_argument("--min-agreement", type=float, default=0.98, help="budget: smallest agreement with Keras (default 0.98)")
+    g.add_argument("--fallback-seconds", type=float, default=180.0,
+                   help="run the single-op search (after the float tail) only if ranking the ops should take at "
+                        "most this long (default 180; about one quantization per op)")
     g.add_argument("--fallback-cap", type=float, default=0.25,
                    help="at most this share of the candidate ops stays float (default 0.25)")
-    p.add_argument("--onnx-calibration", choices=["minmax", "entropy", "percentile"], default="minmax",
-                   help="ONNX Runtime calibration method (default minmax: entropy and percentile measured no better "
-                        "on Leeds and are slow and memory-hungry)")
     p.add_argument("--ranges", default="auto", metavar="auto|minmax|p99.99|p99.9[@FROM]",
                    help="activation ranges of tflite-int8 and onnx-int8: the calibrator's min/max, or a percentile of "
                         "the activations from FROM (a share of the ops, default 0) on. Default auto: min/max when it "
@@ -54,10 +54,10 @@ def main(argv=None):
             raise InputError("--fallback-cap must be in (0, 1], --min-agreement in [0, 1], --max-drop at least 0")
         from .fallback import Budget
 
-        budget = Budget(a.max_drop, a.min_agreement, a.fallback_cap, a.fallback)
+        budget = Budget(a.max_drop, a.min_agreement, a.fallback_cap, a.fallback, a.fallback_seconds)
         manifest, failed = export_run(run, a.variants, calibration_images=a.calibration_images, qat_epochs=a.qat_epochs,
                                       qat_lr=a.qat_lr, smoke_images=a.smoke_images, budget=budget,
-                                      onnx_calibration=a.onnx_calibration, ranges=a.ranges)
+                                      ranges=a.ranges)
         log(f"manifest: {run.export_dir / 'manifest.json'}")
         if failed:
             print(f"error: export failed for {', '.join(failed)} (see the manifest and {run.export_dir}/*.error.log)",

@@ -31,12 +31,11 @@ class Context:
     """What converters need from the run, each loaded once and only when first asked for."""
 
     def __init__(self, run, calibration_images=300, qat_epochs=None, qat_lr=1e-5, smoke_images=16, seed=0,
-                 budget=None, onnx_calibration="minmax", ranges="auto"):
+                 budget=None, ranges="auto"):
         from .fallback import Budget
 
         self.run = run
         self.budget = budget or Budget()
-        self.onnx_calibration = onnx_calibration
         self.ranges = ranges  # activation ranges of the int8 files: export/ranges.py
         self.config = run.config()
         self.class_names = run.class_names()

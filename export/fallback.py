@@ -1,4 +1,4 @@
-"""Accuracy-aware quantization: keep the end of the network in float until the parity budget holds.
+"""Accuracy-aware quantization: keep ops in float until the parity budget holds.
 
 The search is the same for every format; a format supplies `quantize(excluded ops, out path)`
 and the ops that may stay float, in the order they run. Each candidate file is measured through
@@ -6,15 +6,21 @@ edge_runtime (the code that ships) on the run's *validation* split against the K
 test split stays untouched for the benchmark.
 
 1. Quantize everything. Within budget: done.
-2. Keep a float *tail*: the last k candidate ops, from some op to the output. Quantization error
-   builds up with depth, and near the output it flips the predictions the model is least sure of;
-   a float tail also dequantizes once, where scattered float ops each pay a dequantize and
-   quantize. Measured on a ResNet-50 trained from scratch on Leeds: single ops kept float, ranked
-   by leave-one-out, never helped (35 of 36), because its error is spread over every layer of
-   stages 4 and 5; the last 18 of its 72 ops in float met the budget.
-3. k is found by bisection between 0 (misses) and the cap (a share of the candidate ops): the
-   smallest k measured to meet the budget, in about log2(cap) + 1 quantizations. If even the cap
-   misses, that file is written and marked, and the export says so.
+2. A float *tail*: the last k candidate ops, from some op to the output, k found by bisection
+   between 0 and the cap (a share of the candidate ops) in about log2(cap) + 1 quantizations.
+   Quantization error builds up with depth and near the output flips the predictions the model is
+   least sure of, and a tail dequantizes once where scattered float ops each pay a dequantize and a
+   quantize. On a ResNet-50 trained from scratch on Leeds, whose error is spread over every layer of
+   stages 4 and 5, single ops never helped (35 of 36) while each longer tail did.
+3. If even the cap's tail misses: single ops, ranked leave-one-out (the file with only that op in
+   float, scored by the mean absolute change in probabilities against Keras; NNCF ranks the same way)
+   and tried in that order, one more at a time; an op stays float only if that lowers the change,
+   until the budget holds or the cap is reached, stopping after PATIENCE ops in a row that did not
+   help. On the Leeds MobileNet the sensitive ops are early ones (conv1, conv_dw_3) that no tail
+   reaches. The ranking costs one quantization per op, so it is skipped, and says so, when the
+   tail's trials put it over the budget's `seconds`.
+The better of the two is kept (meets the budget, then the smaller probability change); if neither
+meets it, that file is written and marked, and the export says so.
 """
 import shutil
 import time
@@ -26,12 +32,15 @@ import numpy as np
 from edge_runtime.classifier import Classifier
 from train.metrics import PARITY, parity_misses
 
+PATIENCE = 8  # the single-op search stops after this many ops in a row that did not help
+
 @dataclass
 class Budget:
     max_drop: float = PARITY["max_drop"]
     min_agreement: float = PARITY["min_agreement"]
     cap: float = 0.25  # at most this share of the candidate ops stays float
     enabled: bool = True
+    seconds: float = 180.0  # the single-op search runs only if its ranking should take no longer
 
 
 def val_metrics(probs, ref, labels):
@@ -117,19 +126,63 @@ def search(quantize, candidates, validation, budget, work, log, suffix, full=Non
     else:  # even the cap misses: keep the cap's tail if it is closer to the Keras model than none
         k = cap if tried[cap][1]["mean_abs_prob_diff"] < before["mean_abs_prob_diff"] else 0
     path, after = tried[k] if k else (full, before)
+    chosen, strategy = (candidates[len(candidates) - k:] if k else []), "tail"
+    record["tail_tried"] = [{"float_ops": n, **{key: m[key] for key in ("top1_change_points", "agreement")}}
+                            for n, (_, m) in sorted(tried.items())]
+    if misses(after):
+        per_trial = (time.time() - t0) / len(tried)
+        if per_trial * len(candidates) > budget.seconds:
+            log(f"  single-op search skipped: ranking {len(candidates)} ops would take about "
+                f"{per_trial * len(candidates):.0f} s (over {budget.seconds:g} s; --fallback-seconds)")
+            record["single_ops"] = {"skipped": f"ranking estimated at {per_trial * len(candidates):.0f} s"}
+        else:
+            ops, s_path, s_after, record["single_ops"] = _single_ops(build, candidates, validation, before, full,
+                                                                      cap, misses, log)
+            if (not misses(s_after), -s_after["mean_abs_prob_diff"]) > (not misses(after), -after["mean_abs_prob_diff"]):
+                chosen, path, after, strategy = ops, s_path, s_after, "single ops"
     met = not misses(after)
-    chosen = candidates[len(candidates) - k:] if k else []
-    record.update(kept_float=chosen, float_from=short_name(chosen[0]) if chosen else None, met_budget=met,
+    record.update(kept_float=chosen, kept_float_layers=[short_name(op) for op in chosen], strategy=strategy,
+                  float_from=short_name(chosen[0]) if chosen and strategy == "tail" else None, met_budget=met,
                   validation_after=after, search_seconds=round(time.time() - t0, 1),
-                  tried=[{"float_ops": n, **{key: m[key] for key in ("top1_change_points", "agreement")}}
-                         for n, (_, m) in sorted(tried.items())],
                   cost={"bytes_full_int8": full.stat().st_size, "bytes": path.stat().st_size,
                         "p50_ms_1thread_full_int8": _p50_ms(full, pixels), "p50_ms_1thread": _p50_ms(path, pixels)})
     if not met:
-        log(f"  WARNING: the budget still misses with the last {cap} op(s) in float (the cap, of {len(candidates)}); "
-            f"the file is written and marked")
-    else:
-        log(f"  {k} of {len(candidates)} ops in float, from {short_name(chosen[0])} on")
+        log(f"  WARNING: the budget still misses with {len(chosen)} op(s) in float ({strategy}; cap {cap} of "
+            f"{len(candidates)}); the file is written and marked")
+    elif chosen:
+        log(f"  {len(chosen)} of {len(candidates)} ops in float ({strategy}"
+            + (f", from {short_name(chosen[0])} on)" if strategy == "tail" else ")"))
     final = work / f"chosen{suffix}"
     shutil.copy(path, final)
     return final, record
+
+
+def _single_ops(build, candidates, validation, before, full, cap, misses, log):
+    """(ops kept float, file, its metrics, record) of the single-op search (step 3 of the docstring)."""
+    pixels, labels, ref = validation
+    scores = []
+    for i, op in enumerate(candidates, 1):
+        p = Classifier(build([op], "loo"), verify=False).probabilities(pixels)
+        scores.append((float(np.abs(p - ref).mean()), op))
+        if i % 10 == 0 or i == len(candidates):
+            log(f"  ranking single ops by sensitivity (leave-one-out): {i}/{len(candidates)}")
+    scores.sort()
+    chosen, after, path, tried, in_vain = [], before, full, 0, 0
+    for _, op in scores[: 2 * cap]:
+        if len(chosen) >= cap or not misses(after) or in_vain >= PATIENCE:
+            break
+        tried += 1
+        trial = build(chosen + [op], f"try{tried}")
+        m = val_metrics(Classifier(trial, verify=False).probabilities(pixels), ref, labels)
+        keep = m["mean_abs_prob_diff"] < after["mean_abs_prob_diff"] or not misses(m)
+        log(f"  {short_name(op)} in float: Δtop-1 {m['top1_change_points']:+.1f} pts, agreement {m['agreement']:.3f}"
+            + (f" -> kept ({len(chosen) + 1} op(s) in float)" if keep else " -> no better, back to int8"))
+        if keep:
+            chosen, after, path, in_vain = chosen + [op], m, trial, 0
+        else:
+            in_vain += 1
+    if in_vain >= PATIENCE and misses(after):
+        log(f"  stopped: {PATIENCE} ops in a row did not help")
+    return chosen, path, after, {"tried": tried, "stopped_in_vain": in_vain >= PATIENCE,
+                                 "sensitivity": [{"op": op, "mean_abs_prob_diff_when_float": round(sc, 6)}
+                                                 for sc, op in scores[: 2 * cap]]}

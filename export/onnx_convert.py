@@ -80,8 +80,6 @@ def int8(ctx, path):
     from .fallback import search, val_metrics
     from .onnx_graph import float_nodes
 
-    method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
-              "percentile": CalibrationMethod.Percentile}[ctx.onnx_calibration]
     work = Path(tempfile.mkdtemp(prefix="onnx-int8-"))
     stages, t0 = {}, time.time()
     try:
@@ -100,24 +98,23 @@ def int8(ctx, path):
         root_level = logging.getLogger().level  # its per-channel notes on rank-1 BatchNorm weights are noise
         logging.getLogger().setLevel(logging.ERROR)
         try:
-            quantize_static(str(prepped), str(full), _Reader(input_name, ctx.calibration),
+            # one image places the Q/DQ pairs; onnx_ranges.observe then gives every range from all of them
+            quantize_static(str(prepped), str(full), _Reader(input_name, ctx.calibration[:1]),
                             quant_format=QuantFormat.QDQ, per_channel=True, weight_type=QuantType.QInt8,
-                            activation_type=QuantType.QUInt8, calibrate_method=method,
+                            activation_type=QuantType.QUInt8, calibrate_method=CalibrationMethod.MinMax,
                             # Relu/Clip stay nodes, so a node kept float keeps its activation; ONNX Runtime
                             # folds them into the quantized ops again when it loads the model
                             extra_options={"QDQKeepRemovableActivations": True})
         finally:
             logging.getLogger().setLevel(root_level)
         qdq, float_model = onnx.load(str(full)), onnx.load(str(prepped))
+        observed = onnx_ranges.observe(float_model, qdq, ctx.calibration)
         stages["calibration"], t0 = round(time.time() - t0, 1), time.time()
         pixels, labels, ref = ctx.validation
-        samples = {}
 
         def write(method):  # the fully quantized file with these activation ranges
-            if method != "minmax" and not samples:
-                samples.update(onnx_ranges.activation_samples(float_model, qdq, ctx.calibration))
             out = work / f"ranges-{method.replace('@', '-from-')}.onnx"
-            onnx.save(onnx_ranges.with_ranges(qdq, float_model, samples, method), str(out))
+            onnx.save(onnx_ranges.with_ranges(qdq, float_model, observed, method), str(out))
             return out
 
         method, ranges_record, full_measured = ranges.choose(
@@ -137,8 +134,7 @@ def int8(ctx, path):
         stages["fallback"] = round(time.time() - t0, 1)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    return {"opset": OPSET, "calibration_images": len(ctx.calibration), "calibration_method": ctx.onnx_calibration,
-            "activation_ranges": ranges_record,
+    return {"opset": OPSET, "calibration_images": len(ctx.calibration), "activation_ranges": ranges_record,
             "quantization": "QDQ, per-channel symmetric int8 weights, asymmetric uint8 activations; "
                             "ops kept float by the fallback get float weights and float outputs", "fallback": record,
             "stage_seconds": stages}

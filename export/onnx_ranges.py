@@ -23,9 +23,12 @@ def depth(float_model):
     return {o: k / len(nodes) for k, n in enumerate(nodes) for o in n.output}
 
 
-def activation_samples(float_model, qdq, images, seed=0):
-    """{tensor: sampled float values} of every quantized activation over the calibration images,
-    from the float graph with those tensors added as outputs."""
+def observe(float_model, qdq, images, seed=0):
+    """{tensor: (min, max, sampled values)} of every activation the QDQ model quantizes, over the
+    calibration images, from the float graph with those tensors added as outputs. The min/max are the
+    statistic ONNX Runtime's MinMax calibrator computes (a test checks they agree on a small model),
+    so the quantizer itself only calibrates on one image (to place the Q/DQ pairs) and this one pass
+    gives both the ranges and the percentiles."""
     import onnx
     import onnxruntime as ort
 
@@ -41,22 +44,24 @@ def activation_samples(float_model, qdq, images, seed=0):
     session = ort.InferenceSession(m.SerializeToString(), options, providers=["CPUExecutionProvider"])
     input_name = session.get_inputs()[0].name
     rng = np.random.default_rng(seed)
-    samples = {t: [] for t in names}
+    seen = {t: [np.inf, -np.inf, []] for t in names}
     for img in images:
         for t, v in zip(names, session.run(names, {input_name: img[None].astype(np.float32)})):
-            samples[t].append(ranges.sample(v, rng))
-    return {t: np.concatenate(s) for t, s in samples.items()}
+            s = seen[t]
+            s[0], s[1] = min(s[0], float(v.min())), max(s[1], float(v.max()))
+            s[2].append(ranges.sample(v, rng))
+    return {t: (lo, hi, np.concatenate(v)) for t, (lo, hi, v) in seen.items()}
 
 
-def with_ranges(qdq, float_model, samples, method):
-    """A copy of the QDQ model whose activations from the method's depth on get their percentile range
-    (uint8, asymmetric: scale = range / 255, zero point where 0 falls); then each Relu/Clip's range
+def with_ranges(qdq, float_model, observed, method):
+    """A copy of the QDQ model whose activations get their observed min/max, clipped to the method's
+    percentile from its depth on (uint8, asymmetric: scale = range / 255, zero point where 0 falls),
+    as ONNX Runtime's quantizer computes them; then each Relu/Clip's range
     is given to the tensor it reads (see tie_activations); then every int32 bias is quantized again
     for the new input scales (see requantize_biases)."""
     m = copy.deepcopy(qdq)
     pct, start = ranges.parse(method)
-    if pct is not None:
-        _clip(m, float_model, samples, pct, start)
+    _set_ranges(m, float_model, observed, pct, start)
     tie_activations(m)
     requantize_biases(m)
     return m
@@ -138,23 +143,23 @@ def _renamed(init, name):
     return out
 
 
-def _clip(m, float_model, samples, pct, start):
+def _set_ranges(m, float_model, observed, pct, start):
     from onnx import numpy_helper
 
     inits = {i.name: i for i in m.graph.initializer}
     at = depth(float_model)
     done = set()
     for tensor, (scale_name, zp_name) in activations(m).items():
-        if tensor not in samples or at.get(tensor, 0.0) < start or scale_name in done:
+        if tensor not in observed or scale_name in done:
             continue
-        done.add(scale_name)  # a scale shared by a Reshape/Squeeze and its source is set once
-        scale = float(numpy_helper.to_array(inits[scale_name]))
-        zp_array = numpy_helper.to_array(inits[zp_name])
-        if zp_array.dtype != np.uint8:
+        done.add(scale_name)  # a scale a MaxPool/Squeeze shares with its input is set by the input, as ORT does
+        if numpy_helper.to_array(inits[zp_name]).dtype != np.uint8:
             continue  # only the uint8 activations this exporter asks for
-        zp = float(zp_array)
-        lo, hi = ranges.clipped(samples[tensor], (0.0 - zp) * scale, (255.0 - zp) * scale, pct)
-        new_scale = max((hi - lo) / 255.0, 1e-12)
-        new_zp = np.uint8(np.clip(np.round(-lo / new_scale), 0, 255))
-        inits[scale_name].CopyFrom(numpy_helper.from_array(np.array(new_scale, np.float32), scale_name))
-        inits[zp_name].CopyFrom(numpy_helper.from_array(np.array(new_zp, np.uint8), zp_name))
+        lo, hi, values = observed[tensor]
+        lo, hi = min(lo, 0.0), max(hi, 0.0)
+        if pct is not None and at.get(tensor, 0.0) >= start:
+            lo, hi = ranges.clipped(values, lo, hi, pct)
+        scale = (hi - lo) / 255.0 if hi > lo else 1.0
+        zp = np.uint8(np.clip(np.round(-lo / scale), 0, 255))
+        inits[scale_name].CopyFrom(numpy_helper.from_array(np.array(scale, np.float32), scale_name))
+        inits[zp_name].CopyFrom(numpy_helper.from_array(np.array(zp, np.uint8), zp_name))

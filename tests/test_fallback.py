@@ -51,7 +51,7 @@ def context(model, budget, tmp_path):
     cal = colour_images(40, 1)
     val = colour_images(60, 2)
     probs = model.predict(val.astype(np.float32), verbose=0)
-    ctx = types.SimpleNamespace(model=model, calibration=cal, budget=budget, log=print, onnx_calibration="minmax",
+    ctx = types.SimpleNamespace(model=model, calibration=cal, budget=budget, log=print,
                                 ranges="auto",
                                 class_names=["r", "g", "b"], validation=(val, probs.argmax(1), probs),
                                 config={"image_size": [SIZE, SIZE], "preprocessing": {"input_size": [SIZE, SIZE]}})
@@ -168,7 +168,7 @@ def test_onnx_ranges_only_narrow_and_give_each_relu_range_to_the_op_before_it(tm
                     per_channel=True, weight_type=QuantType.QInt8, activation_type=QuantType.QUInt8,
                     calibrate_method=CalibrationMethod.MinMax, extra_options={"QDQKeepRemovableActivations": True})
     float_model, qdq = onnx.load(str(float_path)), onnx.load(str(qdq_path))
-    samples = onnx_ranges.activation_samples(float_model, qdq, images)
+    samples = onnx_ranges.observe(float_model, qdq, images)
 
     def ranges_of(m):
         inits = {i.name: numpy_helper.to_array(i) for i in m.graph.initializer}
@@ -177,6 +177,17 @@ def test_onnx_ranges_only_narrow_and_give_each_relu_range_to_the_op_before_it(tm
             scale, zp = float(inits[s]), float(inits[z])
             out[t] = ((0 - zp) * scale, (255 - zp) * scale)
         return out
+
+    # our one pass gives ONNX Runtime's own min/max ranges, even onto a model it calibrated on one image
+    one = tmp_path / "one.onnx"
+    quantize_static(str(float_path), str(one), _Reader("image", images[:1]), quant_format=QuantFormat.QDQ,
+                    per_channel=True, weight_type=QuantType.QInt8, activation_type=QuantType.QUInt8,
+                    calibrate_method=CalibrationMethod.MinMax, extra_options={"QDQKeepRemovableActivations": True})
+    ours = ranges_of(onnx_ranges.with_ranges(onnx.load(str(one)), float_model, samples, "minmax"))
+    theirs = ranges_of(qdq)
+    assert ours.keys() == theirs.keys()
+    for t in theirs:
+        assert ours[t] == pytest.approx(theirs[t], rel=1e-4, abs=1e-5), t
 
     before, after = ranges_of(qdq), ranges_of(onnx_ranges.with_ranges(qdq, float_model, samples, "p99.9"))
     conv = next(n for n in float_model.graph.node if n.op_type == "Conv").output[0]
@@ -313,9 +324,48 @@ def test_search_finds_the_shortest_float_tail_by_bisection(needed, tmp_path, mon
     if needed <= 10:
         assert record["met_budget"] and record["kept_float"] == ops[40 - needed:]
         assert json.loads(open(path).read()) == ops[40 - needed:]  # the written file is the one measured
-        assert len(record["tried"]) <= 1 + 4  # the cap, then bisection of 10
-    else:  # even the cap misses: marked, and the tail did not help, so nothing stays float
-        assert not record["met_budget"] and record["kept_float"] == [] and len(record["tried"]) == 1
+        assert len(record["tail_tried"]) <= 1 + 4 and record["strategy"] == "tail"  # the cap, then bisection of 10
+    else:  # even the cap misses, and no single op helps: marked, nothing stays float
+        assert not record["met_budget"] and record["kept_float"] == [] and len(record["tail_tried"]) == 1
+        assert record["single_ops"]["stopped_in_vain"]
+
+
+def test_single_ops_when_no_tail_within_the_cap_helps(tmp_path, monkeypatch):
+    """The search logic alone, on fake files: only op07 and op09 (early ops no tail of 10 reaches)
+    lower the error; the single-op search keeps exactly them and stops after PATIENCE useless ops."""
+    import json
+
+    from export import fallback
+
+    helpful = {"op07": 0.02, "op09": 0.01}
+    rng = np.random.default_rng(0)
+    ref = rng.dirichlet(np.ones(3), 50)
+    labels = ref.argmax(1)
+
+    class FakeClassifier:
+        def __init__(self, path, **_):
+            self.excluded = json.loads(open(path).read())
+
+        def probabilities(self, pixels):
+            error = 0.1 - sum(helpful.get(op, 0.0) for op in self.excluded)
+            out = ref[: len(pixels)] + error * np.roll(np.eye(3), 1, axis=1)[labels[: len(pixels)]]
+            return out / out.sum(1, keepdims=True)
+
+    def quantize(excluded, path):
+        open(path, "w").write(json.dumps(sorted(excluded)))
+
+    monkeypatch.setattr(fallback, "Classifier", FakeClassifier)
+    monkeypatch.setattr(fallback, "_p50_ms", lambda *a: 1.0)
+    ops = [f"op{i:02d}" for i in range(40)]  # cap 10
+    path, record = fallback.search(quantize, ops, (np.zeros((50, 1)), labels, ref), Budget(), tmp_path, print, ".json")
+    assert set(record["kept_float"]) == {"op07", "op09"} and record["strategy"] == "single ops"
+    assert record["single_ops"]["tried"] == 2 + fallback.PATIENCE and record["single_ops"]["stopped_in_vain"]
+    assert json.loads(open(path).read()) == ["op07", "op09"] and not record["met_budget"]
+
+    # when ranking would take too long, it is skipped and said so
+    path, record = fallback.search(quantize, ops, (np.zeros((50, 1)), labels, ref), Budget(seconds=0.0), tmp_path,
+                                   print, ".json")
+    assert "skipped" in record["single_ops"] and record["strategy"] == "tail"
 
 
 def test_parity_budget_and_intervals():
