@@ -30,7 +30,7 @@ def main(argv=None):
     p.add_argument("--ranges", default="auto", metavar="auto|minmax|p99.99|p99.9[@FROM]",
                    help="activation ranges of tflite-int8 and onnx-int8: the calibrator's min/max, or a percentile of "
                         "the activations from FROM (a share of the ops, default 0) on. Default auto: min/max when it "
-                        "meets the parity budget on the validation split, else the best there of the percentiles "
+                        "meets the parity budget on the validation split, else the best there of p99.99 and of p99.9 "
                         "from 0, 0.25, 0.5 and 0.75 of the ops on")
     a = p.parse_args(argv)
 

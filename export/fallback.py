@@ -34,6 +34,7 @@ from train.metrics import PARITY, parity_misses
 
 PATIENCE = 8  # the single-op search stops after this many ops in a row that did not help
 
+
 @dataclass
 class Budget:
     max_drop: float = PARITY["max_drop"]
