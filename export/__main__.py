@@ -50,8 +50,9 @@ def main(argv=None):
             raise InputError(f"--ranges: {e}") from None
         run = resolve_run(a.run)
         log(f"run: {run.path}")
-        if not 0 < a.fallback_cap <= 1 or not 0 <= a.min_agreement <= 1 or a.max_drop < 0:
-            raise InputError("--fallback-cap must be in (0, 1], --min-agreement in [0, 1], --max-drop at least 0")
+        if not 0 < a.fallback_cap <= 1 or not 0 <= a.min_agreement <= 1 or a.max_drop < 0 or a.fallback_seconds < 0:
+            raise InputError("--fallback-cap must be in (0, 1], --min-agreement in [0, 1], --max-drop and "
+                             "--fallback-seconds at least 0")
         from .fallback import Budget
 
         budget = Budget(a.max_drop, a.min_agreement, a.fallback_cap, a.fallback, a.fallback_seconds)

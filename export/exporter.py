@@ -130,10 +130,6 @@ class Context:
         pixels = self._pixels(pool)
         return pixels, np.array([index[s.label] for s in pool]), self.model.predict(pixels.astype(np.float32), verbose=0)
 
-    def representative_dataset(self):
-        for img in self.calibration:
-            yield [img[None].astype(np.float32)]
-
     @cached_property
     def smoke(self):
         """A few validation images and the Keras model's probabilities on them."""

@@ -43,6 +43,10 @@ class Budget:
     enabled: bool = True
     seconds: float = 180.0  # the single-op search runs only if its ranking should take no longer
 
+    def misses(self, m):
+        """Why validation metrics `m` miss the budget (empty when they hold it)."""
+        return parity_misses(m["top1_change_points"], m["agreement"], self.max_drop, self.min_agreement)
+
 
 def val_metrics(probs, ref, labels):
     pred, ref_pred = probs.argmax(1), ref.argmax(1)
@@ -50,6 +54,12 @@ def val_metrics(probs, ref, labels):
     return {"images": int(len(labels)), "top1_change_points": round(float(drop), 2),
             "agreement": round(float(np.mean(pred == ref_pred)), 4),
             "mean_abs_prob_diff": float(np.abs(probs - ref).mean())}
+
+
+def measure(path, validation):
+    """Validation metrics of a quantized file, run through edge_runtime, against the Keras model."""
+    pixels, labels, ref = validation
+    return val_metrics(Classifier(path, verify=False).probabilities(pixels), ref, labels)
 
 
 def short_name(op):
@@ -79,7 +89,7 @@ def search(quantize, candidates, validation, budget, work, log, suffix, full=Non
     validation: (uint8 pixels, labels, Keras probabilities) of the validation split.
     full: (path, validation metrics) of the fully quantized file when already measured.
     """
-    pixels, labels, ref = validation
+    pixels = validation[0]
     work = Path(work)
 
     def build(excluded, name):
@@ -89,11 +99,9 @@ def search(quantize, candidates, validation, budget, work, log, suffix, full=Non
 
     if full is None:
         path = build([], "full")
-        full = path, val_metrics(Classifier(path, verify=False).probabilities(pixels), ref, labels)
+        full = path, measure(path, validation)
     full, before = Path(full[0]), full[1]
-
-    def misses(m):
-        return parity_misses(m["top1_change_points"], m["agreement"], budget.max_drop, budget.min_agreement)
+    misses = budget.misses
 
     missed = misses(before)
     record = {"enabled": budget.enabled, "budget": {"max_drop": budget.max_drop, "min_agreement": budget.min_agreement,
@@ -112,7 +120,7 @@ def search(quantize, candidates, validation, budget, work, log, suffix, full=Non
     def tail(k):
         ops = candidates[len(candidates) - k:]
         path = build(ops, f"tail{k}")
-        m = val_metrics(Classifier(path, verify=False).probabilities(pixels), ref, labels)
+        m = measure(path, validation)
         log(f"  last {k} op(s) in float, from {short_name(ops[0])}: Δtop-1 {m['top1_change_points']:+.1f} pts, "
             f"agreement {m['agreement']:.3f}" + (" -> meets the budget" if not misses(m) else ""))
         tried[k] = path, m
@@ -160,7 +168,7 @@ def search(quantize, candidates, validation, budget, work, log, suffix, full=Non
 
 def _single_ops(build, candidates, validation, before, full, cap, misses, log):
     """(ops kept float, file, its metrics, record) of the single-op search (step 3 of the docstring)."""
-    pixels, labels, ref = validation
+    pixels, _, ref = validation
     scores = []
     for i, op in enumerate(candidates, 1):
         p = Classifier(build([op], "loo"), verify=False).probabilities(pixels)
@@ -174,7 +182,7 @@ def _single_ops(build, candidates, validation, before, full, cap, misses, log):
             break
         tried += 1
         trial = build(chosen + [op], f"try{tried}")
-        m = val_metrics(Classifier(trial, verify=False).probabilities(pixels), ref, labels)
+        m = measure(trial, validation)
         keep = m["mean_abs_prob_diff"] < after["mean_abs_prob_diff"] or not misses(m)
         log(f"  {short_name(op)} in float: Δtop-1 {m['top1_change_points']:+.1f} pts, agreement {m['agreement']:.3f}"
             + (f" -> kept ({len(chosen) + 1} op(s) in float)" if keep else " -> no better, back to int8"))

@@ -73,11 +73,8 @@ def int8(ctx, path):
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    from edge_runtime.classifier import Classifier
-    from train.metrics import parity_misses
-
     from . import onnx_ranges, ranges
-    from .fallback import search, val_metrics
+    from .fallback import measure, search
     from .onnx_graph import float_nodes
 
     work = Path(tempfile.mkdtemp(prefix="onnx-int8-"))
@@ -110,18 +107,17 @@ def int8(ctx, path):
         qdq, float_model = onnx.load(str(full)), onnx.load(str(prepped))
         observed = onnx_ranges.observe(float_model, qdq, ctx.calibration)
         stages["calibration"], t0 = round(time.time() - t0, 1), time.time()
-        pixels, labels, ref = ctx.validation
+        models = {}  # method -> QDQ model with those ranges
 
         def write(method):  # the fully quantized file with these activation ranges
             out = work / f"ranges-{method.replace('@', '-from-')}.onnx"
-            onnx.save(onnx_ranges.with_ranges(qdq, float_model, observed, method), str(out))
+            models[method] = onnx_ranges.with_ranges(qdq, float_model, observed, method)
+            onnx.save(models[method], str(out))
             return out
 
         method, ranges_record, full_measured = ranges.choose(
-            write, lambda path: val_metrics(Classifier(path, verify=False).probabilities(pixels), ref, labels),
-            lambda m: parity_misses(m["top1_change_points"], m["agreement"], ctx.budget.max_drop, ctx.budget.min_agreement),
-            ctx.ranges, ctx.log)
-        qdq = onnx.load(str(full_measured[0]))
+            write, lambda path: measure(path, ctx.validation), ctx.budget.misses, ctx.ranges, ctx.log)
+        qdq = models[method]
         stages["activation ranges"], t0 = round(time.time() - t0, 1), time.time()
 
         def quantize(excluded, out):

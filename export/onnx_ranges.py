@@ -43,22 +43,19 @@ def observe(float_model, qdq, images, seed=0):
     options.log_severity_level = 3
     session = ort.InferenceSession(m.SerializeToString(), options, providers=["CPUExecutionProvider"])
     input_name = session.get_inputs()[0].name
-    rng = np.random.default_rng(seed)
-    seen = {t: [np.inf, -np.inf, []] for t in names}
+    seen = ranges.Observations(names, seed)
     for img in images:
         for t, v in zip(names, session.run(names, {input_name: img[None].astype(np.float32)})):
-            s = seen[t]
-            s[0], s[1] = min(s[0], float(v.min())), max(s[1], float(v.max()))
-            s[2].append(ranges.sample(v, rng))
-    return {t: (lo, hi, np.concatenate(v)) for t, (lo, hi, v) in seen.items()}
+            seen.add(t, v)
+    return seen.result()
 
 
 def with_ranges(qdq, float_model, observed, method):
     """A copy of the QDQ model whose activations get their observed min/max, clipped to the method's
-    percentile from its depth on (uint8, asymmetric: scale = range / 255, zero point where 0 falls),
-    as ONNX Runtime's quantizer computes them; then each Relu/Clip's range
-    is given to the tensor it reads (see tie_activations); then every int32 bias is quantized again
-    for the new input scales (see requantize_biases)."""
+    percentile from its depth on (uint8, asymmetric: scale = range / 255, zero point where 0 falls,
+    as ONNX Runtime's quantizer computes them); then each Relu/Clip's range is given to the tensor
+    it reads (see tie_activations) and every int32 bias is quantized again for the new input scales
+    (see requantize_biases)."""
     m = copy.deepcopy(qdq)
     pct, start = ranges.parse(method)
     _set_ranges(m, float_model, observed, pct, start)
@@ -91,13 +88,13 @@ def requantize_biases(m):
         bias_q = numpy_helper.to_array(inits[b.input[0]])
         if bias_q.dtype != np.int32:
             continue
-        bias = bias_q.astype(np.float64) * numpy_helper.to_array(inits[b.input[1]]).astype(np.float64)
+        old_scale = numpy_helper.to_array(inits[b.input[1]])
+        bias = bias_q.astype(np.float64) * old_scale.astype(np.float64)
         scale = float(numpy_helper.to_array(inits[x.input[1]])) * numpy_helper.to_array(inits[w.input[1]]).astype(np.float64)
         scale = np.broadcast_to(scale, bias.shape)
-        if np.allclose(scale, numpy_helper.to_array(inits[b.input[1]]), rtol=1e-6, atol=0):
+        if np.allclose(scale, old_scale, rtol=1e-6, atol=0):
             continue
         safe = np.where(scale > 0, scale, 1.0)
-        old_scale = numpy_helper.to_array(inits[b.input[1]])
         if old_scale.size != safe.size:
             if not np.all(safe == safe.flat[0]):
                 continue  # a per-tensor bias scale cannot hold per-channel products
@@ -113,7 +110,7 @@ def tie_activations(m):
     ONNX Runtime's quantizer does so itself (it calibrates the pair as one), and when it loads the
     file it folds the activation into the quantized op, which then computes at that op's output step.
     Percentiles taken of the two tensors apart differ (the one before a Relu holds its negative
-    values), so after clipping the activation's range is given to the op again.    """
+    values), so after clipping the activation's range is given to the op again."""
     g = m.graph
     inits = {i.name: i for i in g.initializer}
     producer = {o: n for n in g.node for o in n.output}

@@ -43,9 +43,23 @@ def candidates(method):
     return ["minmax", "p99.99"] + [f"p99.9@{s:g}" if s else "p99.9" for s in FROM]
 
 
-def sample(values, rng):
-    values = values.ravel()
-    return values[rng.integers(0, values.size, SAMPLES_PER_IMAGE)] if values.size > SAMPLES_PER_IMAGE else values.copy()
+class Observations:
+    """Each tensor's running min and max over the calibration images (what a min/max calibrator
+    computes) and SAMPLES_PER_IMAGE of its values per image for the percentiles."""
+
+    def __init__(self, names, seed=0):
+        self.rng = np.random.default_rng(seed)
+        self.seen = {name: [np.inf, -np.inf, []] for name in names}
+
+    def add(self, name, values):
+        s, values = self.seen[name], values.ravel()
+        s[0], s[1] = min(s[0], float(values.min())), max(s[1], float(values.max()))
+        s[2].append(values[self.rng.integers(0, values.size, SAMPLES_PER_IMAGE)]
+                    if values.size > SAMPLES_PER_IMAGE else values.copy())
+
+    def result(self):
+        """{name: (min, max, sampled values)}"""
+        return {name: (lo, hi, np.concatenate(v)) for name, (lo, hi, v) in self.seen.items()}
 
 
 def clipped(values, lo, hi, pct):

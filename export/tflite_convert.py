@@ -44,18 +44,20 @@ def dynamic(ctx, path):
     return _write(path, c.convert())
 
 
+def _representative(images):
+    """The converter's representative dataset: each uint8 image as a float32 batch of one."""
+    import numpy as np
+
+    return lambda: ([img[None].astype(np.float32)] for img in images)
+
+
 def _full_integer(model, ctx, path, images=None):
     """Integer-only builtin ops, uint8 in and out: the form microcontrollers and NPUs take.
     images: the representative images (default: all calibration images)."""
     tf = _tf()
     c = _converter(model)
     c.optimizations = [tf.lite.Optimize.DEFAULT]
-    if images is None:
-        c.representative_dataset = ctx.representative_dataset
-    else:
-        import numpy as np
-
-        c.representative_dataset = lambda: ([img[None].astype(np.float32)] for img in images)
+    c.representative_dataset = _representative(ctx.calibration if images is None else images)
     c.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
     c.inference_input_type = tf.uint8
     c.inference_output_type = tf.uint8
@@ -75,25 +77,18 @@ def int8(ctx, path):
     well under a second, so the search never repeats the expensive conversion and calibration.
     """
     import tempfile
-
-    import numpy as np
+    import time
 
     tf = _tf()  # first: the import below would load TensorFlow loudly
     from tensorflow.lite.python.convert import mlir_quantize
 
-    from edge_runtime.classifier import Classifier
-    from train.metrics import parity_misses
-
     from . import ranges, tflite_ranges
-    from .fallback import search, val_metrics
-
-    import time
+    from .fallback import measure, search
 
     stages, t0 = {}, time.time()
     c = _run_converter(ctx)
     c.optimizations = [tf.lite.Optimize.DEFAULT]
-    first = ctx.calibration[:1]  # lays out the statistics; observe() then fills them from every image
-    c.representative_dataset = lambda: ([img[None].astype(np.float32)] for img in first)
+    c.representative_dataset = _representative(ctx.calibration[:1])  # lays out the statistics; observe() fills them
     c._experimental_calibrate_only = True  # noqa: SLF001  (the public QuantizationDebugger does the same)
     calibrated, samples = tflite_ranges.observe(c.convert(), ctx.calibration)
     stages["calibration"], t0 = round(time.time() - t0, 1), time.time()
@@ -113,17 +108,15 @@ def int8(ctx, path):
         return out
 
     with tempfile.TemporaryDirectory(prefix="tflite-int8-") as work:
-        pixels, labels, ref = ctx.validation
+        models = {}  # method -> calibrated model with those ranges
 
         def write(method):  # the fully quantized file with these activation ranges
-            return quantize_model(tflite_ranges.with_ranges(calibrated, samples, method), [],
-                                  f"{work}/ranges-{method.replace('@', '-from-')}.tflite")
+            models[method] = tflite_ranges.with_ranges(calibrated, samples, method)
+            return quantize_model(models[method], [], f"{work}/ranges-{method.replace('@', '-from-')}.tflite")
 
         method, ranges_record, full = ranges.choose(
-            write, lambda path: val_metrics(Classifier(path, verify=False).probabilities(pixels), ref, labels),
-            lambda m: parity_misses(m["top1_change_points"], m["agreement"], ctx.budget.max_drop, ctx.budget.min_agreement),
-            ctx.ranges, ctx.log)
-        calibrated = tflite_ranges.with_ranges(calibrated, samples, method)
+            write, lambda path: measure(path, ctx.validation), ctx.budget.misses, ctx.ranges, ctx.log)
+        calibrated = models[method]
         stages["activation ranges"], t0 = round(time.time() - t0, 1), time.time()
 
         def quantize(excluded, out):
@@ -152,8 +145,8 @@ def _copy(src, dst):
     shutil.copyfile(src, dst)
 
 
-QAT_SOURCE = "model-qat-source.h5"
-QAT_CONVERTER_IMAGES = 32  # tfmot's layers reload from H5 (its .keras round trip drops variables)
+QAT_SOURCE = "model-qat-source.h5"  # tfmot's layers reload from H5 (its .keras round trip drops variables)
+QAT_CONVERTER_IMAGES = 32
 
 
 def qat_int8(ctx, path):

@@ -50,23 +50,20 @@ def observe(calibrated, images, seed=0):
         interp = _tflite_interpreter_class()(model_content=bytes(calibrated), experimental_preserve_all_tensors=True)
     interp.allocate_tensors()
     inp = interp.get_input_details()[0]["index"]
-    rng = np.random.default_rng(seed)
-    samples = {i: [] for i in tensors}
-    lo = {i: np.inf for i in tensors}
-    hi = {i: -np.inf for i in tensors}
+    seen = ranges.Observations(tensors, seed)
     for img in images:
         interp.set_tensor(inp, img[None].astype(np.float32))
         interp.invoke()
         for i in tensors:
-            v = interp.get_tensor(i)
-            lo[i], hi[i] = min(lo[i], float(v.min())), max(hi[i], float(v.max()))
-            samples[i].append(ranges.sample(v, rng))
-    for i in tensors:
+            seen.add(i, interp.get_tensor(i))
+    samples = {}
+    for i, (lo, hi, values) in seen.result().items():
         quant = model.subgraphs[0].tensors[i].quantization
-        quant.min, quant.max = [lo[i]], [hi[i]]
+        quant.min, quant.max = [lo], [hi]
+        samples[i] = values
     b = flatbuffers.Builder(0)
     b.Finish(model.Pack(b), file_identifier=b"TFL3")
-    return bytes(b.Output()), {i: np.concatenate(s) for i, s in samples.items()}
+    return bytes(b.Output()), samples
 
 
 def with_ranges(calibrated, samples, method):

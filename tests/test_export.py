@@ -155,10 +155,6 @@ def test_resnet50_int8_is_at_most_three_tenths_of_float32(tmp_path):
     class Ctx:
         calibration = np.random.default_rng(0).integers(0, 256, (8, 32, 32, 3), dtype=np.uint8)
 
-        def representative_dataset(self):
-            for img in self.calibration:
-                yield [img[None].astype(np.float32)]
-
     from export.tflite_convert import _full_integer
     _full_integer(model, Ctx(), tmp_path / "int8.tflite")
     ratio = (tmp_path / "int8.tflite").stat().st_size / len(fp32)

@@ -55,7 +55,6 @@ def context(model, budget, tmp_path):
                                 ranges="auto",
                                 class_names=["r", "g", "b"], validation=(val, probs.argmax(1), probs),
                                 config={"image_size": [SIZE, SIZE], "preprocessing": {"input_size": [SIZE, SIZE]}})
-    ctx.representative_dataset = lambda: ([img[None].astype(np.float32)] for img in cal)
     from export.exporter import save_traced
     from export.onnx_convert import convert_float
 
@@ -133,7 +132,6 @@ def test_percentile_ranges_rescue_a_tensor_whose_range_one_outlier_set(fmt, tmp_
     cal = ctx.calibration.copy()
     cal[0, 3, 3] = 255  # one white pixel in one calibration image
     ctx.calibration = cal
-    ctx.representative_dataset = lambda: ([img[None].astype(np.float32)] for img in cal)
     record = convert(ctx, tmp_path / f"m.{fmt}")
     ranges = {t["method"]: t for t in record["activation_ranges"]["tried"]}
     assert ranges["minmax"]["agreement"] < 0.7, ranges  # the outlier's range crushed the colour channels
