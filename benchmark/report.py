@@ -144,6 +144,8 @@ def fallback_section(rows):
         n = len(fb.get("kept_float_layers") or [])
         kept = (f"{n} of {fb['candidate_ops']}, " + (f"from `{fb['float_from']}` to the output" if fb.get("float_from")
                                                      else "single ops") if n else "none")
+        if n and (fb.get("float_weights") or {}).get("int8"):
+            kept += f" (int8 weights in {fb['float_weights']['ops']} of them)"
         size = (f"{cost['bytes_full_int8'] / 1e6:.1f} → {cost['bytes'] / 1e6:.1f}" if cost else "—")
         p50 = (f"{cost['p50_ms_1thread_full_int8']:.1f} → {cost['p50_ms_1thread']:.1f}" if cost else "—")
         out.append(f"| {r['variant']} | {r.get('activation_ranges') or '—'} | {b['top1_change_points']:+.1f} / "

@@ -22,6 +22,7 @@ test split stays untouched for the benchmark.
 The better of the two is kept (meets the budget, then the smaller probability change); if neither
 meets it, that file is written and marked, and the export says so.
 """
+import os
 import shutil
 import time
 from dataclasses import dataclass
@@ -57,9 +58,10 @@ def val_metrics(probs, ref, labels):
 
 
 def measure(path, validation):
-    """Validation metrics of a quantized file, run through edge_runtime, against the Keras model."""
+    """Validation metrics of a quantized file, run through edge_runtime, against the Keras model.
+    On every core: the runtimes' default is one thread, and the export measures dozens of files."""
     pixels, labels, ref = validation
-    return val_metrics(Classifier(path, verify=False).probabilities(pixels), ref, labels)
+    return val_metrics(Classifier(path, verify=False, threads=os.cpu_count()).probabilities(pixels), ref, labels)
 
 
 def short_name(op):
@@ -81,13 +83,15 @@ def _p50_ms(path, pixels, runs=15):
     return round(1000 * float(np.median(times)), 3)
 
 
-def search(quantize, candidates, validation, budget, work, log, suffix, full=None):
+def search(quantize, candidates, validation, budget, work, log, suffix, full=None, compact=None):
     """Write the chosen file and return (its path, the manifest's "fallback" record).
 
     quantize(excluded, path): writes a quantized model with the `excluded` ops left in float.
     candidates: the ops that may stay float, in the order they run.
     validation: (uint8 pixels, labels, Keras probabilities) of the validation split.
     full: (path, validation metrics) of the fully quantized file when already measured.
+    compact(src, dst): writes src with its float ops' weights in int8, returns how many ops changed
+    (see _compact); None where the format has no such form.
     """
     pixels = validation[0]
     work = Path(work)
@@ -149,6 +153,8 @@ def search(quantize, candidates, validation, budget, work, log, suffix, full=Non
                                                                       cap, misses, log)
             if (not misses(s_after), -s_after["mean_abs_prob_diff"]) > (not misses(after), -after["mean_abs_prob_diff"]):
                 chosen, path, after, strategy = ops, s_path, s_after, "single ops"
+    if compact is not None and chosen:
+        path, after, record["float_weights"] = _compact(compact, path, after, validation, misses, work, suffix, log)
     met = not misses(after)
     record.update(kept_float=chosen, kept_float_layers=[short_name(op) for op in chosen], strategy=strategy,
                   float_from=short_name(chosen[0]) if chosen and strategy == "tail" else None, met_budget=met,
@@ -166,12 +172,30 @@ def search(quantize, candidates, validation, budget, work, log, suffix, full=Non
     return final, record
 
 
+def _compact(compact, path, after, validation, misses, work, suffix, log):
+    """(file, metrics, record): the chosen file with int8 weights in its float ops, when that holds what
+    the float-weights file held (the budget if it met it, else no lower agreement or top-1 change);
+    otherwise the float-weights file."""
+    dst = Path(work) / f"compact{suffix}"
+    ops = compact(path, dst)
+    if not ops:
+        return path, after, {"int8": False, "reason": "no float op with weights"}
+    m = measure(dst, validation)
+    keep = not misses(m) if not misses(after) else (m["agreement"] >= after["agreement"]
+                                                    and m["top1_change_points"] >= after["top1_change_points"])
+    log(f"  int8 weights in {ops} float op(s): {path.stat().st_size / 1e6:.1f} -> {dst.stat().st_size / 1e6:.1f} MB, "
+        f"Δtop-1 {m['top1_change_points']:+.1f} pts, agreement {m['agreement']:.3f} -> "
+        + ("kept" if keep else "not kept (float weights hold parity better)"))
+    record = {"int8": keep, "ops": ops, "validation": m, "bytes": dst.stat().st_size}
+    return (dst, m, record) if keep else (path, after, record)
+
+
 def _single_ops(build, candidates, validation, before, full, cap, misses, log):
     """(ops kept float, file, its metrics, record) of the single-op search (step 3 of the docstring)."""
     pixels, _, ref = validation
     scores = []
     for i, op in enumerate(candidates, 1):
-        p = Classifier(build([op], "loo"), verify=False).probabilities(pixels)
+        p = Classifier(build([op], "loo"), verify=False, threads=os.cpu_count()).probabilities(pixels)
         scores.append((float(np.abs(p - ref).mean()), op))
         if i % 10 == 0 or i == len(candidates):
             log(f"  ranking single ops by sensitivity (leave-one-out): {i}/{len(candidates)}")

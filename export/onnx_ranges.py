@@ -24,7 +24,7 @@ def depth(float_model):
 
 
 def observe(float_model, qdq, images, seed=0):
-    """{tensor: (min, max, sampled values)} of every activation the QDQ model quantizes, over the
+    """{tensor: ranges.Observed (min, max, percentiles)} of every activation the QDQ model quantizes, over the
     calibration images, from the float graph with those tensors added as outputs. The min/max are the
     statistic ONNX Runtime's MinMax calibrator computes (a test checks they agree on a small model),
     so the quantizer itself only calibrates on one image (to place the Q/DQ pairs) and this one pass
@@ -152,10 +152,10 @@ def _set_ranges(m, float_model, observed, pct, start):
         done.add(scale_name)  # a scale a MaxPool/Squeeze shares with its input is set by the input, as ORT does
         if numpy_helper.to_array(inits[zp_name]).dtype != np.uint8:
             continue  # only the uint8 activations this exporter asks for
-        lo, hi, values = observed[tensor]
-        lo, hi = min(lo, 0.0), max(hi, 0.0)
+        o = observed[tensor]
+        lo, hi = min(o.lo, 0.0), max(o.hi, 0.0)
         if pct is not None and at.get(tensor, 0.0) >= start:
-            lo, hi = ranges.clipped(values, lo, hi, pct)
+            lo, hi = ranges.clipped(o, pct)
         scale = (hi - lo) / 255.0 if hi > lo else 1.0
         zp = np.uint8(np.clip(np.round(-lo / scale), 0, 255))
         inits[scale_name].CopyFrom(numpy_helper.from_array(np.array(scale, np.float32), scale_name))

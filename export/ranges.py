@@ -4,13 +4,15 @@ the activations from some depth of the network on, chosen on the validation spli
 Min/max gives each tensor the extremes seen over all calibration images, and a few rare extremes
 coarsen the step for every other value. Clipping at a high percentile trades those values for
 resolution, but not everywhere: near the input the extremes are every image's bright edges (the
-first conv of the README's ResNet-50 spans 0..9.7, its 99.9th percentile 3.4) and clipping them
+first conv of the 6-epoch ResNet-50 of README table (b) spans 0..9.7, its 99.9th percentile 3.4) and clipping them
 costs more than it gains. Measured on that model's validation split (tflite-int8, true min/max,
 softmax in float), mean probability change against Keras / agreement: min/max 0.0245 / 0.816,
 the 99.9th percentile everywhere 0.0291 / 0.816, from half the ops on 0.0133 / 0.880 (ONNX: 0.0242 /
 0.808 and 0.0137 / 0.912). So each choice below is measured and the best kept. The formats differ
 only in how activations are observed and ranges written (tflite_ranges.py, onnx_ranges.py).
 """
+from typing import NamedTuple
+
 import numpy as np
 
 PERCENTILES = ("p99.99", "p99.9")
@@ -39,8 +41,14 @@ def candidates(method):
         parse(method)
         return [method]
     # p99.99 only for the whole network: from 25, 50 or 75% on it was worse than p99.9 in both formats
-    # on the ResNet-50 of README table (b) (and than p99.99 for the whole network)
+    # on the 6-epoch ResNet-50 of README table (b) (and than p99.99 for the whole network)
     return ["minmax", "p99.99"] + [f"p99.9@{s:g}" if s else "p99.9" for s in FROM]
+
+
+class Observed(NamedTuple):
+    lo: float  # min over the calibration images
+    hi: float  # max
+    percentiles: dict  # {99.9: (0.1th, 99.9th percentile), ...} of the sampled values, for each of PERCENTILES
 
 
 class Observations:
@@ -58,15 +66,22 @@ class Observations:
                     if values.size > SAMPLES_PER_IMAGE else values.copy())
 
     def result(self):
-        """{name: (min, max, sampled values)}"""
-        return {name: (lo, hi, np.concatenate(v)) for name, (lo, hi, v) in self.seen.items()}
+        """{name: Observed}. The percentiles are computed here, once per tensor for every range choice
+        (each choice used to compute them again: seconds on ResNet-50), and the samples dropped."""
+        pcts = [float(p[1:]) for p in PERCENTILES]
+        qs = [q for p in pcts for q in (100.0 - p, p)]
+        out = {}
+        for name, (lo, hi, v) in self.seen.items():
+            at = np.percentile(np.concatenate(v), qs)
+            out[name] = Observed(lo, hi, {p: (float(at[2 * k]), float(at[2 * k + 1])) for k, p in enumerate(pcts)})
+        return out
 
 
-def clipped(values, lo, hi, pct):
-    """The range [lo, hi] narrowed to the pct-th percentiles of the values: never wider than it was,
-    and always holding 0 (int8 needs an exact zero)."""
-    plo, phi = np.percentile(values, [100.0 - pct, pct])
-    return float(min(max(plo, lo), 0.0)), float(max(min(phi, hi), 0.0))
+def clipped(observed, pct):
+    """The observed [min, max] narrowed to its pct-th percentiles: never wider than it was, and always
+    holding 0 (int8 needs an exact zero)."""
+    plo, phi = observed.percentiles[pct]
+    return float(min(max(plo, observed.lo), 0.0)), float(max(min(phi, observed.hi), 0.0))
 
 
 def choose(write, evaluate, misses, method="auto", log=print):

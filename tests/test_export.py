@@ -66,6 +66,8 @@ def test_onnx_files_carry_labels_and_a_dynamic_batch(tiny_export):
 def test_qat_variant_was_quantization_aware_trained(tiny_export):
     entry = json.loads((tiny_export.export_dir / "manifest.json").read_text())["variants"]["tflite-qat-int8"]
     assert entry["qat_epochs"] == 1 and len(entry["qat_history"]["loss"]) == 1
+    # each stage timed, so the split between QAT's training epochs and the rest can be shown
+    assert set(entry["stage_seconds"]) == {"fake-quant model", "ranges", "fine-tune epochs", "convert", "save source"}
 
 
 def test_a_failing_converter_leaves_the_others_and_the_manifest_consistent(tiny_export, tmp_path):

@@ -78,6 +78,8 @@ def test_fallback_keeps_the_fragile_op_float_and_meets_the_budget(fmt, tmp_path)
     assert record["met_budget"] and after["agreement"] >= 0.98 and after["top1_change_points"] >= -1.0, record
     assert 1 <= len(record["kept_float"]) <= max(1, int(0.25 * record["candidate_ops"]))
     assert any("head_dense" in op or "MatMul" in op or "Gemm" in op for op in record["kept_float"]), record["kept_float"]
+    if fmt == "tflite":  # int8 weights would round the head's real weights to 0 again: tried, not kept
+        assert record["float_weights"]["ops"] == 1 and not record["float_weights"]["int8"]
     # the written file is the one that was measured
     val, labels, _ = ctx.validation
     probs = Classifier(out, verify=False).probabilities(val)
@@ -316,12 +318,18 @@ def test_search_finds_the_shortest_float_tail_by_bisection(needed, tmp_path, mon
     def quantize(excluded, path):
         open(path, "w").write(json.dumps(sorted(excluded)))
 
+    def compact(src, dst):  # int8 weights in the float ops: here the same predictions, so it is kept
+        open(dst, "w").write(open(src).read())
+        return 3
+
     monkeypatch.setattr(fallback, "Classifier", FakeClassifier)
     monkeypatch.setattr(fallback, "_p50_ms", lambda *a: 1.0)
-    path, record = fallback.search(quantize, ops, (np.zeros((50, 1)), labels, ref), Budget(), tmp_path, print, ".json")
+    path, record = fallback.search(quantize, ops, (np.zeros((50, 1)), labels, ref), Budget(), tmp_path, print, ".json",
+                                   compact=compact)
     if needed <= 10:
         assert record["met_budget"] and record["kept_float"] == ops[40 - needed:]
         assert json.loads(open(path).read()) == ops[40 - needed:]  # the written file is the one measured
+        assert record["float_weights"]["int8"] and record["float_weights"]["ops"] == 3
         assert len(record["tail_tried"]) <= 1 + 4 and record["strategy"] == "tail"  # the cap, then bisection of 10
     else:  # even the cap misses, and no single op helps: marked, nothing stays float
         assert not record["met_budget"] and record["kept_float"] == [] and len(record["tail_tried"]) == 1
@@ -364,6 +372,39 @@ def test_single_ops_when_no_tail_within_the_cap_helps(tmp_path, monkeypatch):
     path, record = fallback.search(quantize, ops, (np.zeros((50, 1)), labels, ref), Budget(seconds=0.0), tmp_path,
                                    print, ".json")
     assert "skipped" in record["single_ops"] and record["strategy"] == "tail"
+
+
+def test_int8_weights_for_float_ops_shrink_the_file_and_keep_its_outputs(tmp_path):
+    """A float conv + dense model: tflite_hybrid writes their weights as per-channel int8 (what the
+    dynamic-range converter writes), the file shrinks about 4x, and TFLite's hybrid kernels give
+    nearly the float outputs."""
+    import tensorflow as tf
+    import tf_keras as keras
+
+    from edge_runtime import Classifier
+    from export.tflite_hybrid import int8_weights
+    from tensorflow.lite.python import schema_py_generated as schema
+
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((16, 16, 3))
+    x = keras.layers.Rescaling(1 / 255.0)(inp)
+    x = keras.layers.Conv2D(64, 3, activation="relu")(x)
+    x = keras.layers.Conv2D(64, 3, activation="relu")(x)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    model = keras.Model(inp, keras.layers.Dense(5, activation="softmax")(x))
+    flat = tf.lite.TFLiteConverter.from_keras_model(model).convert()
+    hybrid, ops = int8_weights(flat)
+    assert ops == 3 and len(hybrid) < 0.4 * len(flat)
+    m = schema.ModelT.InitFromPackedBuf(bytearray(hybrid), 0)
+    int8 = [t for t in m.subgraphs[0].tensors if t.type == schema.TensorType.INT8]
+    assert len(int8) == 3 and all(len(t.quantization.scale) == t.shape[0] for t in int8)  # per output channel
+    (tmp_path / "f.tflite").write_bytes(flat)
+    (tmp_path / "h.tflite").write_bytes(hybrid)
+    pixels = np.random.default_rng(0).integers(0, 256, (20, 16, 16, 3)).astype(np.uint8)
+    ref = Classifier(tmp_path / "f.tflite", verify=False).probabilities(pixels)
+    out = Classifier(tmp_path / "h.tflite", verify=False).probabilities(pixels)
+    assert np.abs(out - ref).max() < 0.01 and not np.array_equal(out, ref)
+    assert int8_weights(hybrid) == (hybrid, 0)  # nothing float left to change
 
 
 def test_parity_budget_and_intervals():
