@@ -16,6 +16,8 @@ def main(argv=None):
     p.add_argument("--qat-epochs", type=int,
                    help="quantization-aware fine-tuning epochs (default 2; 1 for the demo, to keep it within 10 minutes)")
     p.add_argument("--qat-lr", type=float, default=1e-5)
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of the calibration images' draw from the training split (default 0)")
     p.add_argument("--smoke-images", type=int, default=16, help="validation images compared with the Keras model after each conversion")
     g = p.add_argument_group("accuracy-aware fallback (integer variants; decided on the validation split)")
     g.add_argument("--no-fallback", dest="fallback", action="store_false",
@@ -57,7 +59,7 @@ def main(argv=None):
 
         budget = Budget(a.max_drop, a.min_agreement, a.fallback_cap, a.fallback, a.fallback_seconds)
         manifest, failed = export_run(run, a.variants, calibration_images=a.calibration_images, qat_epochs=a.qat_epochs,
-                                      qat_lr=a.qat_lr, smoke_images=a.smoke_images, budget=budget,
+                                      qat_lr=a.qat_lr, smoke_images=a.smoke_images, budget=budget, seed=a.seed,
                                       ranges=a.ranges)
         log(f"manifest: {run.export_dir / 'manifest.json'}")
         if failed:

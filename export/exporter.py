@@ -236,6 +236,7 @@ def _export_each(chosen, ctx, out, manifest, failed):
                 "bytes": final.stat().st_size, "sha256": sha256_file(final),
                 "inputs": [info["input"]], "outputs": [info["output"]],
                 "calibration_images": extra.pop("calibration_images", 0),
+                **({"calibration_seed": ctx.seed} if v.calibrated else {}),
                 "seconds": round(time.time() - t0, 1), "smoke_check": smoke,
                 "exported_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                 "source_sha256": manifest["source_model"]["sha256"], **extra,

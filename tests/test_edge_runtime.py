@@ -53,6 +53,24 @@ def test_quantize_and_dequantize_use_the_models_parameters():
     p = clf.dequantize(np.array([[64, 128, 64]], np.uint8))
     assert np.allclose(p, [[0.25, 0.5, 0.25]])
 
+    # float outputs: normalised; a row summing to 0 becomes uniform, a NaN row stays NaN, an empty batch is empty
+    clf.output = TensorSpec("out", [1, 3], "float32")
+    p = clf.dequantize(np.array([[1, 2, 1], [0, 0, 0], [np.nan, 1, 1]], np.float32))
+    assert np.allclose(p[0], [0.25, 0.5, 0.25]) and np.allclose(p[1], 1 / 3) and np.isnan(p[2]).all()
+    assert clf.dequantize(np.zeros((0, 3), np.float32)).shape == (0, 3)
+
+
+def test_float_input_buffer_is_reused_but_never_leaks(tiny_export):
+    """probabilities() casts float inputs into one kept buffer; results of earlier calls stay as they were."""
+    clf = Classifier(tiny_export.export_dir / "model-fp32.tflite")
+    a, b = (np.full((1, *clf.size, 3), v, np.uint8) for v in (20, 230))
+    pa = clf.probabilities(a)
+    first = pa.copy()
+    pb = clf.probabilities(b)
+    assert np.array_equal(pa, first) and not np.allclose(pa, pb)
+    assert np.array_equal(clf.probabilities(a), first)  # the same answer again through the reused buffer
+    assert clf.quantize(a) is not clf.quantize(a)  # the public quantize() still returns its own array
+
 
 def _cli(*args):
     return run_cli("-m", "edge_runtime", *args)
