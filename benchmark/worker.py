@@ -108,6 +108,10 @@ def tune(job):
             "images": n}
 
 
+SMALL_MODEL_MS = 5.0  # bare p50 below this: a small model, whose overhead is timed more finely
+SMALL_MODEL_CI = 0.005
+
+
 def measure(job):
     if job["kind"] == "tune":
         return tune(job)
@@ -125,8 +129,12 @@ def measure(job):
     inputs = model.model_input(pixels)  # quantized once, so "bare" times the interpreter alone
     one = [inputs[i : i + 1] for i in range(n)]
     one_px = [pixels[i : i + 1] for i in range(n)]
-    result["bare"], result["runtime"] = latency(lambda i: model.bare(one[i % n]),
-                                                lambda i: model.probabilities(one_px[i % n]), **timing)
+    pair = (lambda i: model.bare(one[i % n]), lambda i: model.probabilities(one_px[i % n]))
+    result["bare"], result["runtime"] = latency(*pair, **timing)
+    if timing.get("ci") and result["bare"]["p50_ms"] < SMALL_MODEL_MS:
+        # a small model's runtime overhead is judged in absolute terms (0.1 ms), finer than ±2% of 1 ms
+        # resolves: time the pair again to ±0.5% (a second or two more)
+        result["bare"], result["runtime"] = latency(*pair, **{**timing, "ci": min(timing["ci"], SMALL_MODEL_CI)})
     if job["full"]:
         batch = job["batch"]
         save_probabilities(model, pixels, batch, job["probs_out"])
