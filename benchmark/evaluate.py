@@ -156,6 +156,15 @@ def run_worker(job, workdir):
     return json.loads(Path(job["result_out"]).read_text())
 
 
+FALLBACK_KEYS = ("candidate_ops", "validation_before", "validation_after", "kept_float_layers", "float_from",
+                 "float_weights", "met_budget", "cost")
+
+
+def fallback_summary(fb):
+    """The part of a manifest's "fallback" record the report shows (not the per-op sensitivity lists)."""
+    return {k: fb.get(k) for k in FALLBACK_KEYS}
+
+
 def measure_all(run, variant_names=None, batch=16, timing=None, threads=None, tune=True):
     """Evaluate and time every target; returns (rows, context) for the report and gate.
 
@@ -222,8 +231,7 @@ def measure_all(run, variant_names=None, batch=16, timing=None, threads=None, tu
             fb = entry.get("fallback")
             if fb:
                 row.update(float_ops=len(fb["kept_float"]), fallback_met_budget=fb["met_budget"],
-                           fallback={k: fb.get(k) for k in ("candidate_ops", "validation_before", "validation_after",
-                                                            "kept_float_layers", "float_from", "met_budget", "cost")},
+                           fallback=fallback_summary(fb),
                            activation_ranges=(entry.get("activation_ranges") or {}).get("method"))
             rows.append(row)
             log(f"    top-1 {row['top1']:.3f}" + (f" ({row['top1_change_points']:+.1f} pts, agreement {row['agreement']:.3f})"

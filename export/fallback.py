@@ -21,6 +21,8 @@ test split stays untouched for the benchmark.
    tail's trials put it over the budget's `seconds`.
 The better of the two is kept (meets the budget, then the smaller probability change); if neither
 meets it, that file is written and marked, and the export says so.
+4. Where the format can (TFLite, `compact`), the ops kept float get int8 weights for their float
+   kernels; that file replaces the float-weights one only if it holds what that one held (_compact).
 """
 import os
 import shutil
@@ -57,11 +59,16 @@ def val_metrics(probs, ref, labels):
             "mean_abs_prob_diff": float(np.abs(probs - ref).mean())}
 
 
+def _probabilities(path, pixels):
+    """A quantized file's probabilities through edge_runtime, on every core: the runtimes' default is
+    one thread, and the export runs dozens of files."""
+    return Classifier(path, verify=False, threads=os.cpu_count()).probabilities(pixels)
+
+
 def measure(path, validation):
-    """Validation metrics of a quantized file, run through edge_runtime, against the Keras model.
-    On every core: the runtimes' default is one thread, and the export measures dozens of files."""
+    """Validation metrics of a quantized file, run through edge_runtime, against the Keras model."""
     pixels, labels, ref = validation
-    return val_metrics(Classifier(path, verify=False, threads=os.cpu_count()).probabilities(pixels), ref, labels)
+    return val_metrics(_probabilities(path, pixels), ref, labels)
 
 
 def short_name(op):
@@ -195,7 +202,7 @@ def _single_ops(build, candidates, validation, before, full, cap, misses, log):
     pixels, _, ref = validation
     scores = []
     for i, op in enumerate(candidates, 1):
-        p = Classifier(build([op], "loo"), verify=False, threads=os.cpu_count()).probabilities(pixels)
+        p = _probabilities(build([op], "loo"), pixels)
         scores.append((float(np.abs(p - ref).mean()), op))
         if i % 10 == 0 or i == len(candidates):
             log(f"  ranking single ops by sensitivity (leave-one-out): {i}/{len(candidates)}")

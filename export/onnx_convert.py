@@ -3,7 +3,6 @@ import json
 import logging
 import shutil
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -77,8 +76,10 @@ def int8(ctx, path):
     from .fallback import measure, search
     from .onnx_graph import float_nodes
 
+    from .stages import Stages
+
     work = Path(tempfile.mkdtemp(prefix="onnx-int8-"))
-    stages, t0 = {}, time.time()
+    stages = Stages()
     try:
         source = work / "fp32.onnx"
         onnx.save(_float_proto(ctx), str(source))
@@ -106,7 +107,7 @@ def int8(ctx, path):
             logging.getLogger().setLevel(root_level)
         qdq, float_model = onnx.load(str(full)), onnx.load(str(prepped))
         observed = onnx_ranges.observe(float_model, qdq, ctx.calibration)
-        stages["calibration"], t0 = round(time.time() - t0, 1), time.time()
+        stages.lap("calibration")
         models = {}  # method -> QDQ model with those ranges
 
         def write(method):  # the fully quantized file with these activation ranges
@@ -118,7 +119,7 @@ def int8(ctx, path):
         method, ranges_record, full_measured = ranges.choose(
             write, lambda path: measure(path, ctx.validation), ctx.budget.misses, ctx.ranges, ctx.log)
         qdq = models[method]
-        stages["activation ranges"], t0 = round(time.time() - t0, 1), time.time()
+        stages.lap("activation ranges")
 
         def quantize(excluded, out):
             onnx.save(float_nodes(qdq, float_model, excluded) if excluded else qdq, str(out))
@@ -127,7 +128,7 @@ def int8(ctx, path):
                                 full=full_measured)
         proto = onnx.load(str(chosen))
         onnx.save(_metadata(proto, ctx), str(path))
-        stages["fallback"] = round(time.time() - t0, 1)
+        stages.lap("fallback")
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return {"opset": OPSET, "calibration_images": len(ctx.calibration), "activation_ranges": ranges_record,

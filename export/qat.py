@@ -23,6 +23,8 @@ from tensorflow_model_optimization.python.core.quantization.keras.default_8bit i
 from train.data import cache_in_memory  # noqa: E402
 from train.pipeline import dataset  # noqa: E402
 
+from .stages import Stages  # noqa: E402
+
 
 def annotate(model, fold_bn=True):
     registry = default_8bit_quantize_registry.Default8BitQuantizeRegistry()
@@ -115,19 +117,13 @@ def set_weight_ranges(qat, pixels):
 
 def quantization_aware_model(ctx):
     """The run's model with fake-quant nodes, fine-tuned a few epochs on its training split."""
-    t0 = start = time.time()
-    stages = {}
-
-    def lap(stage):
-        nonlocal t0
-        stages[stage], t0 = round(time.time() - t0, 1), time.time()
-
+    start, stages = time.time(), Stages()
     cfg = ctx.config
     qat, skipped = quantize(ctx.model)
-    lap("fake-quant model")
+    stages.lap("fake-quant model")
     ranges = calibrate_ranges(qat, ctx.model, ctx.calibration)
     set_weight_ranges(qat, ctx.calibration[:8])
-    lap("ranges")
+    stages.lap("ranges")
     ctx.log(f"  activation ranges of {ranges} tensors set from {len(ctx.calibration)} calibration images")
     qat.compile(optimizer=keras.optimizers.Adam(ctx.qat_lr), loss="sparse_categorical_crossentropy", metrics=["accuracy"])
     info = {"qat_epochs": ctx.qat_epochs, "qat_lr": ctx.qat_lr, "qat_float_layers": skipped}
@@ -142,7 +138,7 @@ def quantization_aware_model(ctx):
         ctx.log(f"  quantization-aware fine-tuning: {ctx.qat_epochs} epoch(s) on {len(ctx.subset('train'))} images")
         hist = qat.fit(train_ds, validation_data=val_ds, epochs=ctx.qat_epochs, class_weight=weights, verbose=2)
         info["qat_history"] = {k: [float(x) for x in v] for k, v in hist.history.items()}
-        lap("fine-tune epochs")
+        stages.lap("fine-tune epochs")
     info["qat_seconds"] = round(time.time() - start, 1)
     info["stage_seconds"] = stages
     return qat, info

@@ -77,21 +77,21 @@ def int8(ctx, path):
     well under a second, so the search never repeats the expensive conversion and calibration.
     """
     import tempfile
-    import time
 
     tf = _tf()  # first: the import below would load TensorFlow loudly
     from tensorflow.lite.python.convert import mlir_quantize
 
     from . import ranges, tflite_ranges
     from .fallback import measure, search
+    from .stages import Stages
 
-    stages, t0 = {}, time.time()
+    stages = Stages()
     c = _run_converter(ctx)
     c.optimizations = [tf.lite.Optimize.DEFAULT]
     c.representative_dataset = _representative(ctx.calibration[:1])  # lays out the statistics; observe() fills them
     c._experimental_calibrate_only = True  # noqa: SLF001  (the public QuantizationDebugger does the same)
     calibrated, observed = tflite_ranges.observe(c.convert(), ctx.calibration)
-    stages["calibration"], t0 = round(time.time() - t0, 1), time.time()
+    stages.lap("calibration")
 
     def quantize_model(model, excluded, out):
         # what TFLiteConverter.convert() itself calls after calibration, plus the ops kept float.
@@ -117,7 +117,7 @@ def int8(ctx, path):
         method, ranges_record, full = ranges.choose(
             write, lambda path: measure(path, ctx.validation), ctx.budget.misses, ctx.ranges, ctx.log)
         calibrated = models[method]
-        stages["activation ranges"], t0 = round(time.time() - t0, 1), time.time()
+        stages.lap("activation ranges")
 
         def quantize(excluded, out):
             quantize_model(calibrated, excluded, out)
@@ -133,7 +133,7 @@ def int8(ctx, path):
         chosen, record = search(quantize, candidates, ctx.validation, ctx.budget, work, ctx.log, ".tflite", full=full,
                                 compact=compact)
         _copy(chosen, path)
-        stages["fallback"] = round(time.time() - t0, 1)
+        stages.lap("fallback")
     return {"calibration_images": len(ctx.calibration), "activation_ranges": ranges_record,
             "float_always": FLOAT_ALWAYS, "fallback": record, "stage_seconds": stages}
 
@@ -160,14 +160,12 @@ QAT_CONVERTER_IMAGES = 32
 def qat_int8(ctx, path):
     from .qat import quantization_aware_model
 
-    import time
-
     qat_model, info = quantization_aware_model(ctx)
+    stages = info["stage_seconds"]  # a Stages: its laps so far are QAT's own
     # the activation ranges come from the QAT model's fake-quant nodes; the converter still asks for
     # representative images: 32 gave the same validation outputs as 200 on the 6-epoch ResNet-50 of README table (b), 12 s sooner
-    t0 = time.time()
     out = _full_integer(qat_model, ctx, path, images=ctx.calibration[:QAT_CONVERTER_IMAGES])
-    info["stage_seconds"]["convert"], t0 = round(time.time() - t0, 1), time.time()
+    stages.lap("convert")
     out.update(info)
     out["smoke_reference"] = qat_model  # the converter is checked against its own source: the QAT model
     # QAT fine-tunes further, so the file's agreement says something about quantization only against
@@ -177,6 +175,6 @@ def qat_int8(ctx, path):
     source = ctx.run.export_dir / QAT_SOURCE
     with atomic_path(source, suffix=".h5") as tmp:
         qat_model.save(str(tmp), include_optimizer=False)
-    info["stage_seconds"]["save source"] = round(time.time() - t0, 1)
+    stages.lap("save source")
     out["reference_model"] = QAT_SOURCE
     return out

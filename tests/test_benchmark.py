@@ -284,14 +284,19 @@ def test_settings_change_only_when_clearly_faster_with_the_same_predictions():
 
 
 def test_the_report_names_every_op_the_fallback_kept_float_and_its_cost():
+    from benchmark.evaluate import fallback_summary
     from benchmark.report import fallback_section
 
-    row = {"variant": "tflite-int8", "activation_ranges": "p99.9@0.5", "fallback": {
+    manifest_record = {  # as export/fallback.py writes it, per-op lists included
         "candidate_ops": 72, "validation_before": {"top1_change_points": 1.6, "agreement": 0.88},
         "validation_after": {"top1_change_points": -0.8, "agreement": 0.984}, "kept_float_layers": ["conv5_a", "head_dense"],
-        "float_from": "conv5_a", "met_budget": True,
-        "cost": {"bytes_full_int8": 24e6, "bytes": 69e6, "p50_ms_1thread_full_int8": 9.6, "p50_ms_1thread": 26.1}}}
+        "float_from": "conv5_a", "met_budget": True, "float_weights": {"int8": True, "ops": 2},
+        "single_ops": {"sensitivity": [{"op": "x"}]},
+        "cost": {"bytes_full_int8": 24e6, "bytes": 69e6, "p50_ms_1thread_full_int8": 9.6, "p50_ms_1thread": 26.1}}
+    row = {"variant": "tflite-int8", "activation_ranges": "p99.9@0.5", "fallback": fallback_summary(manifest_record)}
+    assert "single_ops" not in row["fallback"]
     text = "\n".join(fallback_section([row, {"variant": "tflite-fp32"}]))
-    assert "2 of 72, from `conv5_a` to the output" in text and "24.0 → 69.0" in text and "9.6 → 26.1" in text
+    assert "2 of 72, from `conv5_a` to the output (int8 weights in 2 of them)" in text
+    assert "24.0 → 69.0" in text and "9.6 → 26.1" in text
     assert "`conv5_a`, `head_dense`" in text and "tflite-fp32" not in text
     assert fallback_section([{"variant": "tflite-fp32"}]) == []
