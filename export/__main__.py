@@ -41,8 +41,9 @@ def main(argv=None):
         from .exporter import export_run, log
         from .variants import select
 
-        if a.calibration_images < 1 or a.smoke_images < 1 or (a.qat_epochs or 0) < 0:
-            raise InputError("--calibration-images and --smoke-images must be at least 1, --qat-epochs at least 0")
+        if a.calibration_images < 1 or a.smoke_images < 1 or (a.qat_epochs or 0) < 0 or a.seed < 0:
+            raise InputError("--calibration-images and --smoke-images must be at least 1, --qat-epochs and --seed "
+                             "at least 0")
         select(a.variants)  # an unknown name fails before any slow work
         from .ranges import candidates
 

@@ -139,6 +139,7 @@ def test_cli_errors_are_one_line(tmp_path, tiny_run):
     assert_one_line_error(run_cli("-m", "export", "--run", str(tmp_path / "nope")), "does not exist")
     assert_one_line_error(run_cli("-m", "export", "--run", str(tiny_run.path), "--variants", "tflite-int4"),
                           "unknown variant 'tflite-int4'")
+    assert_one_line_error(run_cli("-m", "export", "--run", str(tiny_run.path), "--seed", "-1"), "--seed at least 0")
     incomplete = tmp_path / "incomplete"
     incomplete.mkdir()
     (incomplete / "config.json").write_text("{}")
