@@ -41,6 +41,7 @@ MAX_DROP ?=
 MIN_AGREEMENT ?=
 BENCH_ARGS ?=
 VARIANT ?=
+CANDIDATES ?=
 IMAGES ?=
 GPU ?=
 PYTEST_ARGS ?=
@@ -61,7 +62,7 @@ EXPORT_OPTS = $(call opt,--run,$(RUN)) $(call opt,--variants,$(VARIANTS)) $(call
 BENCH_OPTS = $(call opt,--run,$(RUN)) $(call opt,--variants,$(VARIANTS)) $(call opt,--max-drop,$(MAX_DROP)) \
   $(call opt,--min-agreement,$(MIN_AGREEMENT)) $(BENCH_ARGS)
 
-.PHONY: setup train export benchmark test test-fast bundle pi-check scale-check preview-augment clean
+.PHONY: setup train export benchmark test test-fast bundle pi-check serve-check scale-check preview-augment clean
 
 # GPU=1 adds TensorFlow's CUDA wheels, also to an environment that already exists (its own stamp).
 GPU_STAMP := $(VENV)/.installed-gpu
@@ -94,15 +95,19 @@ benchmark: $(ENV)
 # The bundle on an emulated aarch64 Raspberry Pi OS-like Python (installs qemu-user-static and mmdebstrap
 # from Debian's packages when missing; needs root for that and for unpacking the arm64 userland into .pi/).
 pi-check: $(ENV)
-	$(PY) -m benchmark.pi_check $(call opt,--run,$(RUN)) $(call opt,--variant,$(VARIANT)) $(call opt,--images,$(IMAGES))
+	$(PY) -m benchmark.pi_check --cache .pi $(call opt,--run,$(RUN)) $(call opt,--variant,$(VARIANT))
 
 # A generated many-class dataset through train, export and benchmark; figures in runs/scale-check/scale_check.md.
 SCALE_ARGS ?=
 scale-check: $(ENV)
 	$(PY) -m benchmark.scale_check $(SCALE_ARGS)
 
+# The device service under load and faults, on 127.0.0.1; figures in runs/<name>/serve_check/serve_check.md.
+serve-check: $(ENV)
+	$(PY) -m benchmark.serve_check $(call opt,--run,$(RUN))
+
 bundle: $(ENV)
-	$(PY) -m export.bundle $(call opt,--run,$(RUN)) $(call opt,--variant,$(VARIANT))
+	$(PY) -m export.bundle $(call opt,--run,$(RUN)) $(call opt,--variant,$(VARIANT)) $(call opt,--variants,$(CANDIDATES))
 
 test: $(ENV)
 	$(PY) -m pytest $(PYTEST_ARGS)

@@ -6,7 +6,7 @@ import sys
 from . import __name__ as _pkg  # noqa: F401  (sets TF_USE_LEGACY_KERAS before any worker loads TensorFlow)
 from edge_runtime.errors import InputError, exit_code
 
-from .timing import DEFAULTS
+from edge_runtime.timing import DEFAULTS
 
 
 def parser():

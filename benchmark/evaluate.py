@@ -17,7 +17,7 @@ from export.variants import select
 from train.metrics import (PARITY, agreement, classification_metrics, mcnemar_p, paired_delta_interval,
                            parity_misses, wilson_interval)
 
-from .timing import DEFAULTS as TIMING_DEFAULTS
+from edge_runtime.timing import DEFAULTS as TIMING_DEFAULTS
 
 REFERENCE = "keras"
 REPO = Path(__file__).resolve().parent.parent
@@ -33,23 +33,7 @@ def all_cores():
 
 def test_set(run):
     """(paths, labels, pixels) of the run's test split, refusing images that changed since training."""
-    samples = [s for s in run.split() if s.subset == "test"]
-    if not samples:
-        raise InputError(f"{run.split_file} has no test images (was --test-frac 0?); nothing to benchmark on")
-    root = run.data_root()
-    missing = [s.path for s in samples if not (root / s.path).is_file()]
-    changed = [s.path for s in samples if s.path not in missing and s.sha256 and sha256_file(root / s.path) != s.sha256]
-    if missing or changed:
-        first = (missing + changed)[0]
-        raise InputError(f"the test split of {run.path} no longer matches the images under {root}: {len(missing)} missing, "
-                         f"{len(changed)} changed (first: {first}); restore the data or train a new run")
-    index = {c: i for i, c in enumerate(run.class_names())}
-    unknown = [s.label for s in samples if s.label not in index]
-    if unknown:
-        raise InputError(f"{run.split_file}: label {unknown[0]!r} is not in {run.labels}")
-    paths = [root / s.path for s in samples]
-    size = tuple(run.config()["image_size"])
-    return paths, np.array([index[s.label] for s in samples]), load_batch(paths, size)
+    return run.test_set("test")
 
 
 QAT_SOURCE = "qat-source"
@@ -188,7 +172,7 @@ def measure_all(run, variant_names=None, batch=16, timing=None, threads=None, tu
         for i, (name, fmt, precision, path, kind, agree_ref, entry) in enumerate(chosen, 1):
             log(f"[{i}/{len(chosen)}] {name} ({fmt}, {precision}): measuring in a fresh process")
             row = {"variant": name, "format": fmt, "precision": precision, "file": str(path),
-                   "size_mb": path.stat().st_size / 1e6, "status": "ok"}
+                   "size_mb": path.stat().st_size / 1e6, "sha256": sha256_file(path), "status": "ok"}
             base = {"name": name, "kind": kind, "model": str(path), "pixels": str(Path(work) / "pixels.npy"),
                     "paths": [str(p) for p in paths], "batch": batch, "timing": timing}
             timed = name != QAT_SOURCE  # the QAT source is an accuracy reference, never deployed: not timed

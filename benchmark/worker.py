@@ -16,7 +16,7 @@ from edge_runtime.errors import exit_code
 from edge_runtime.files import atomic_path, write_json
 from edge_runtime.preprocess import load_pixels
 
-from .timing import latency, throughput
+from edge_runtime.timing import latency, throughput
 
 
 class EdgeModel:

@@ -3,6 +3,8 @@
 It imports nothing from train/, export/ or benchmark/, and TensorFlow only as the last
 fallback for loading a .tflite model.
 """
+__version__ = "0.19.0"  # the project's version: the edgeclf and edgeclf-runtime distributions share it
+
 from .errors import InputError
 from .preprocess import load_pixels, load_batch, contract
 

@@ -3,6 +3,7 @@
 Each reports its input/output tensor as a TensorSpec so the classifier can quantize and
 dequantize without caring which runtime it talks to.
 """
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -91,6 +92,7 @@ class TFLiteBackend:
         except (ValueError, RuntimeError) as e:
             raise InputError(f"{path}: not a valid TFLite model, truncated or corrupt ({str(e).splitlines()[0]})") from None
         self._batch = None
+        self._lock = threading.Lock()  # a TFLite interpreter is not safe to call from two threads at once
         (self._in,), (self._out,) = self.interp.get_input_details(), self.interp.get_output_details()
         self.input, self.output = self._spec(self._in), self._spec(self._out)
 
@@ -101,13 +103,14 @@ class TFLiteBackend:
         return TensorSpec(d["name"], shape, np.dtype(d["dtype"]).name, float(scale), int(zp))
 
     def run(self, batch):
-        if self._batch != len(batch):
-            self.interp.resize_tensor_input(self._in["index"], list(batch.shape))
-            self.interp.allocate_tensors()
-            self._batch = len(batch)
-        self.interp.set_tensor(self._in["index"], batch)
-        self.interp.invoke()
-        return self.interp.get_tensor(self._out["index"])
+        with self._lock:  # set, invoke and read back as one step; get_tensor returns a copy
+            if self._batch != len(batch):
+                self.interp.resize_tensor_input(self._in["index"], list(batch.shape))
+                self.interp.allocate_tensors()
+                self._batch = len(batch)
+            self.interp.set_tensor(self._in["index"], batch)
+            self.interp.invoke()
+            return self.interp.get_tensor(self._out["index"])
 
 
 class OnnxBackend:
@@ -136,7 +139,7 @@ class OnnxBackend:
         self.output = TensorSpec(o.name, [d if isinstance(d, int) else -1 for d in o.shape], _onnx_dtype(o.type))
         self.metadata = dict(self.sess.get_modelmeta().custom_metadata_map)
 
-    def run(self, batch):
+    def run(self, batch):  # InferenceSession.run is safe to call from several threads at once
         return self.sess.run([self.output.name], {self.input.name: batch})[0]
 
 

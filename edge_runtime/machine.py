@@ -19,3 +19,26 @@ def cpu_flags():
 def signature():
     """Machines with the same signature pick the same fastest settings."""
     return {"arch": platform.machine(), "cpu_flags": cpu_flags()}
+
+
+def cores():
+    """The cores this process may run on (all of them unless restricted)."""
+    import os
+
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+RUNTIME_PACKAGES = ("edgeclf-runtime", "ai-edge-litert", "onnxruntime", "numpy", "Pillow")
+
+
+def runtime_versions(names=RUNTIME_PACKAGES):
+    """Installed versions of the packages that decide what the device computes (missing ones left out)."""
+    from importlib import metadata
+
+    out = {"python": platform.python_version()}
+    for name in names:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+    return out

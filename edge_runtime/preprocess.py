@@ -14,6 +14,16 @@ from .errors import InputError
 
 # Recorded in each run's config.json and export manifest; `check_contract` refuses others.
 CONTRACT_VERSION = 1
+# The image formats decoded. Pillow would open many more (PostScript through Ghostscript, for one) from
+# whatever a file says it is; a photo pipeline needs these.
+# (Multi-picture JPEGs from phones open as JPEG.)
+IMAGE_FORMATS = ("JPEG", "PNG", "WEBP", "AVIF", "GIF", "BMP", "TIFF", "PPM")
+
+
+def _formats():
+    """IMAGE_FORMATS this Pillow can open (AVIF came with Pillow 11.3); every plugin registered first."""
+    Image.init()
+    return [f for f in IMAGE_FORMATS if f in Image.OPEN]
 
 
 def contract(height, width):
@@ -52,12 +62,13 @@ def _open(source):
             arr = np.clip(arr, 0, 255).astype(np.uint8)
         return Image.fromarray(arr)
     name = "<bytes>"
+    formats = _formats()
     try:
         if isinstance(source, (bytes, bytearray, memoryview)):
-            img = Image.open(io.BytesIO(bytes(source)))
+            img = Image.open(io.BytesIO(bytes(source)), formats=formats)
         else:
             name = str(source)
-            img = Image.open(Path(source))
+            img = Image.open(Path(source), formats=formats)
         img.load()  # decode now: a truncated file fails here, not later
         return img
     except FileNotFoundError:

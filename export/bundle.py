@@ -1,166 +1,357 @@
-"""python -m export.bundle --run runs/<name> --variant tflite-int8
+"""python -m export.bundle --run runs/<name> [--variant V | --variants a,b]
 
-Packs one exported variant into dist/<run>-<variant>.tar.gz: everything a Raspberry Pi (or any
-Python 3.11+ machine without TensorFlow) needs to classify images with it, and nothing else.
+Packs a run for a device (a Raspberry Pi, or any Python 3.11+ machine without TensorFlow):
+dist/<run>.tar.gz, or dist/<run>-<variant>.tar.gz for a single file.
+
+By default the bundle carries every file that passed the benchmark's parity gate and can be the
+fastest on some CPU, and the device picks among them by its own measurement (`select`): the
+full-integer files (int8 is the fast path on ARM cores and on x86 with VNNI; ONNX Runtime's int8
+also gains on AVX2 alone) and one float file (float16 weights when they passed: half the download,
+float32 arithmetic where the CPU has no float16, which is the file to fall back on where no integer
+kernel is fast). The dynamic-range file is left out: its hybrid kernels are not the fastest on any CPU
+measured. Each candidate must be the very file the benchmark measured (same SHA-256).
+
+With the candidates go: a few of the run's test images, their pixels and each candidate's
+probabilities computed here (what `selfcheck` compares the device against), edge_runtime as a wheel,
+requirements.txt pinning it and everything it needs, a systemd unit for `serve`, and a README.
 """
 import argparse
 import io
 import json
 import sys
 import tarfile
+from datetime import datetime, timezone
 from pathlib import Path
 
-from edge_runtime.classifier import LABELS
-from edge_runtime.files import MANIFEST
-from edge_runtime.errors import InputError, exit_code
-from edge_runtime.files import atomic_path, sha256_file
+import numpy as np
 
-REPO = Path(__file__).resolve().parent.parent
-RUNTIME = REPO / "edge_runtime"
-DEFAULT_VARIANT = "tflite-int8"
-# What each model format needs on the device, beyond numpy and Pillow.
-RUNTIME_PACKAGE = {"tflite": "ai-edge-litert", "onnx": "onnxruntime"}
+from edge_runtime.classifier import LABELS, Classifier
+from edge_runtime.errors import InputError, exit_code
+from edge_runtime.files import MANIFEST, atomic_path, sha256_file
+from edge_runtime.machine import runtime_versions, signature
+
+from . import runtime_wheel
+from .variants import BY_NAME, VARIANTS
+
+FLOAT_PREFERENCE = ("tflite-fp16", "tflite-fp32", "onnx-fp32")
+REFERENCE_IMAGES = 8
+SERVICE = "edgeclf.service"
+NOT_DEPLOYED = ("keras", "qat-source")
 
 
 def log(msg):
     print(f"[bundle] {msg}", flush=True)
 
 
-def pinned(names, requirements=REPO / "requirements.txt"):
-    """'name==version' lines for the given packages, as the project pins them."""
-    pins = {}
-    for line in Path(requirements).read_text().splitlines():
-        name, sep, version = line.split("#")[0].strip().partition("==")
-        if sep:
-            pins[name.lower()] = f"{name}=={version}"
-    return [pins.get(n.lower(), n) for n in names]
+# ---------------------------------------------------------------- which files, and are they the measured ones
+
+def gate_record(run):
+    """{variant: {"passed", "sha256", "why"}} from the run's benchmark report, with its thresholds; {} without one."""
+    report_file = run.benchmark_dir / "report.json"
+    if not report_file.is_file():
+        return {}, None
+    try:
+        report = json.loads(report_file.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as e:
+        raise InputError(f"{report_file}: unreadable benchmark report ({e}); re-run `make benchmark`") from None
+    failures = report["gate"]["failures"]
+    rows = {r["variant"]: {"passed": r["status"] == "ok" and r["variant"] not in failures, "sha256": r.get("sha256"),
+                           "why": "; ".join(failures.get(r["variant"], [])) or r.get("error", "")}
+            for r in report["rows"] if r["variant"] not in NOT_DEPLOYED}
+    gate = {k: report["gate"][k] for k in ("max_drop", "min_agreement", "enforced")}
+    gate.update(report=str(report_file.relative_to(run.path)), report_sha256=sha256_file(report_file),
+                measured_at=report.get("created_at"))
+    return rows, gate
 
 
-def runtime_files():
-    """The edge_runtime sources (no caches), as (path inside the bundle, file)."""
-    return [(f"edge_runtime/{p.name}", p) for p in sorted(RUNTIME.glob("*.py"))]
+def provenance(variant, entry, measured):
+    """'passed' when the benchmark measured this very file and it passed the gate; otherwise what is true of it."""
+    m = measured.get(variant)
+    if m is None:
+        return "not measured by the benchmark"
+    if not m["sha256"]:
+        return "measured by a benchmark that did not record checksums: re-run `make benchmark`"
+    if m["sha256"] != entry["sha256"]:
+        return "re-exported since the benchmark measured it: run `make benchmark` again"
+    return "passed" if m["passed"] else f"failed the parity gate ({m['why']})"
 
 
-def readme(name, variant, entry, manifest):
+def default_candidates(run, manifest, measured):
+    """The gate-passing, benchmark-measured files worth timing on a device, in order of preference."""
+    if not measured:
+        raise InputError(f"{run.path} has no benchmark report: run `make benchmark RUN={run.path}` first (the bundle "
+                         "ships only files that passed the parity gate), or pass VARIANT=<name> to pack one file unmeasured")
+    ok = {v: provenance(v, e, measured) for v, e in manifest.get("variants", {}).items() if e.get("status") == "ok"}
+    passing = [v for v, status in ok.items() if status == "passed"]
+    stale = [v for v, status in ok.items() if "re-exported" in status or "checksums" in status]
+    if stale:
+        raise InputError(f"{', '.join(stale)}: {ok[stale[0]]}")
+    integer = [v.name for v in VARIANTS if v.calibrated and v.name in passing]
+    floats = [name for name in FLOAT_PREFERENCE if name in passing][:1]
+    if not integer + floats:
+        raise InputError(f"no exported variant of {run.path} passed the parity gate; pass VARIANT=<name> to pack one anyway")
+    return integer + floats
+
+
+# ---------------------------------------------------------------- what goes in
+
+def pinned_closure(names):
+    """'name==version' for the named packages and everything they need (markers as on this machine, no
+    extras), at the versions installed here: the versions the bundle was checked with."""
+    from importlib import metadata
+
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    seen, order, todo = set(), [], list(names)
+    while todo:
+        name = todo.pop(0)
+        key = canonicalize_name(name)
+        if key in seen:
+            continue
+        seen.add(key)
+        try:
+            dist = metadata.distribution(name)
+        except metadata.PackageNotFoundError:
+            raise InputError(f"{name} is not installed here, so its version cannot be pinned: pip install {name}") from None
+        order.append(f"{dist.metadata['Name']}=={dist.version}")
+        for req in map(Requirement, dist.requires or []):
+            if req.marker is None or req.marker.evaluate({"extra": ""}):
+                todo.append(req.name)
+    return order
+
+
+def reference_images(run, count):
+    """`count` test images spread over the classes: (file names, true labels, uint8 pixels, source paths)."""
+    paths, labels, pixels = run.test_set("test")  # present and unchanged since training, or an error
+    order = sorted(range(len(paths)), key=lambda i: (labels[i], str(paths[i])))
+    picked = order[:: max(1, len(order) // count)][:count]
+    classes = run.class_names()
+    names = [f"{k:02d}-{Path(paths[i]).name}" for k, i in enumerate(picked)]
+    return names, [classes[labels[i]] for i in picked], pixels[picked], [paths[i] for i in picked]
+
+
+def service_unit(name):
+    return f"""[Unit]
+Description=edgeclf image classifier ({name})
+After=network-online.target
+Wants=network-online.target
+
+[Service]
+Type=exec
+User=@USER@
+WorkingDirectory=@BUNDLE@
+ExecStart=@BUNDLE@/.venv/bin/python -m edge_runtime serve --bundle @BUNDLE@ --host 127.0.0.1 --port 8080
+# SIGTERM: stop accepting, finish the requests in flight, exit
+KillSignal=SIGTERM
+TimeoutStopSec=45
+Restart=on-failure
+RestartSec=2
+NoNewPrivileges=true
+ProtectSystem=strict
+ProtectHome=read-only
+PrivateTmp=true
+
+[Install]
+WantedBy=multi-user.target
+"""
+
+
+def readme(name, run_name, candidates, manifest, gate, single):
     h, w = manifest["preprocessing"]["input_size"]
-    model = entry["file"]
     classes = manifest["classes"]
+    rows = "\n".join(f"| `{v}` | `{e['file']}` | {e['precision']} | {e['bytes'] / 1e6:.2f} | {status} |"
+                     for v, e, status in candidates)
+    unit = f"edgeclf-{name}"
+    gate_line = (f"thresholds: top-1 at most {gate['max_drop']:g} points below the Keras model, agreement at least "
+                 f"{gate['min_agreement']:g}; {gate['report']}, {gate['measured_at']}" if gate else "no benchmark report")
+    choose = ("One file: `predict`, `serve` and `watch` run it." if single else
+              "Several candidate files: which is fastest depends on the CPU, so the device measures them itself "
+              "(`select`) and `predict`, `serve` and `watch` then run its choice. Until `select` has run they "
+              f"run the first candidate, `{candidates[0][0]}`.")
     return f"""# {name}
 
-An image classifier exported from training run `{Path(manifest.get('run', '?')).name}` as variant
-**{variant}** ({entry['format']}, {entry['precision']}): {entry['bytes'] / 1e6:.1f} MB, {len(classes)} classes,
-input {h}x{w} RGB. It needs Python 3.11 or newer and no TensorFlow.
+An image classifier from training run `{run_name}`: {len(classes)} classes, input {h}x{w} RGB. It needs
+Python 3.11 or newer and no TensorFlow. {choose}
 
-## Install (Raspberry Pi OS 64-bit, or any Linux, macOS or Windows machine)
+| variant | file | precision | MB | parity gate on the build machine |
+|---|---|---|---|---|
+{rows}
+
+Parity gate: {gate_line}.
+
+## 1. Install (Raspberry Pi OS 64-bit, or any Linux, macOS or Windows machine)
 
     tar xzf {name}.tar.gz && cd {name}
     python3 -m venv .venv
     .venv/bin/pip install -r requirements.txt
 
-## Classify
+`requirements.txt` installs edge_runtime from `wheels/` and pins everything it needs to the versions the
+bundle was checked with.
 
-    .venv/bin/python -m edge_runtime predict {model} photo.jpg [more.jpg ...] --top-k 3
-    .venv/bin/python -m edge_runtime predict {model} photo.jpg --json --threads 4
-    .venv/bin/python -m edge_runtime info {model}
+## 2. Check this machine first
 
-Any image Pillow reads works (JPEG, PNG, ...; grayscale, RGBA and EXIF-rotated photos included):
-it is resized to {h}x{w} exactly as in training (the whole image stretched, Pillow's bilinear, which
-antialiases when it shrinks), and the model does its own normalisation. Using the file in an app with its own
-resize (MediaPipe, Android, iOS: plain bilinear, no antialiasing) shifts probabilities a little; resize the
-same way as here where you can.
-`--threads` defaults to the runtime's choice; a Pi 4 or 5 has 4 cores.
+    .venv/bin/python -m edge_runtime selfcheck
+
+It runs every file on the reference images in `reference/` and compares the probabilities with those
+recorded where the bundle was built, within the stated tolerances (a float32 rounding, or one or a
+few output quantization steps for integer files). One line per file; exit 1 means this machine does
+not compute what was tested: do not deploy until that is understood.
+
+## 3. Let the device choose its file
+
+    .venv/bin/python -m edge_runtime select
+
+It times each file that passed the self-check here (batch 1, at 1 thread and at all cores, calls
+interleaved, until each median is known to within 2%) and writes the fastest to `selection.json`.
+
+## 4. Classify
+
+    .venv/bin/python -m edge_runtime predict photo.jpg photos/ 'trap/*.jpg'      # one line per image
+    .venv/bin/python -m edge_runtime predict photos/ --json > results.jsonl     # JSON lines, as it goes
+    .venv/bin/python -m edge_runtime watch /srv/camera-trap                     # each new image, once
+    .venv/bin/python -m edge_runtime info
+
+A bad image gets its own error line and the rest go on (exit 2 at the end if any failed). Any image
+Pillow reads works (JPEG, PNG, WebP, ...; grayscale, RGBA and EXIF-rotated photos included); it is
+resized to {h}x{w} exactly as in training (the whole image stretched, Pillow's antialiased bilinear).
+Apps that resize their own way (MediaPipe, Android, iOS: bilinear without antialiasing) shift the
+probabilities a little.
 
 From Python:
 
     from edge_runtime import Classifier
-    clf = Classifier("{model}")           # reads labels.txt and manifest.json beside it
-    clf.predict("photo.jpg", top_k=3)     # [(label, probability), ...]
-    clf.predict([img1, img2])             # paths, bytes, PIL images or HxWx3 uint8 arrays
+    clf = Classifier("{candidates[0][1]['file']}")   # labels.txt and manifest.json beside it are used
+    clf.predict("photo.jpg", top_k=3)                # [(label, probability), ...]
 
-The model's SHA-256 is checked against `manifest.json` when it loads; a changed or truncated
-file is refused with a one-line error.
+One Classifier may be shared by many threads.
+
+## 5. Run it as a service
+
+    .venv/bin/python -m edge_runtime serve --port 8080          # 127.0.0.1 only; --host 0.0.0.0 for the network
+    curl -s -H 'Content-Type: image/jpeg' --data-binary @photo.jpg localhost:8080/v1/classify
+    curl -s -F image=@photo.jpg 'localhost:8080/v1/classify?top_k=3'
+
+`GET /v1/model` describes the model, `GET /health` says it is up, `GET /metrics` is for Prometheus. Bad
+requests get a JSON error with their status (413 too large, 415 wrong type, 422 not an image, 503 when
+the queue is full, 504 on timeout) and the service goes on. With systemd, from this folder:
+
+    sed -e "s#@BUNDLE@#$PWD#g" -e "s#@USER@#$USER#g" {SERVICE} | sudo tee /etc/systemd/system/{unit}.service
+    sudo systemctl daemon-reload && sudo systemctl enable --now {unit}
+    journalctl -u {unit} -f
 
 ## Contents
 
-- `{model}`: the model (sha256 `{entry['sha256']}`)
-- `labels.txt`: one class per line, in output order
-- `manifest.json`: the variant's description and the preprocessing contract
-- `edge_runtime/`: the runtime (Pillow and numpy, plus `{RUNTIME_PACKAGE[entry['format']]}`)
-- `requirements.txt`: exactly those packages, pinned
+- the model files above, `labels.txt` (one class per line, in output order), `manifest.json`
+  (checksums, the preprocessing contract, how the bundle was made)
+- `reference/`: {REFERENCE_IMAGES} test images, their pixels, and each file's probabilities on them
+- `wheels/`: edge_runtime; `requirements.txt`; `{SERVICE}`; `MODEL_CARD.md` when the run has one
 """
 
 
-def build(run, variant=DEFAULT_VARIANT, dist=Path("dist")):
-    """Write dist/<run>-<variant>.tar.gz atomically and return its path."""
-    export_dir = run.export_dir
-    manifest = run.manifest()
-    entry = manifest.get("variants", {}).get(variant)
-    if entry is None:
-        raise InputError(f"variant {variant!r} was not exported for {run.path}; exported: "
-                         f"{', '.join(manifest.get('variants', {})) or 'none'}")
-    if entry.get("status") != "ok":
-        raise InputError(f"variant {variant!r} of {run.path} failed to export ({entry.get('error', 'no file')})")
-    model = export_dir / entry["file"]
-    if not model.is_file():
-        raise InputError(f"{model} is listed in the manifest but missing; re-run `make export RUN={run.path}`")
-    if sha256_file(model) != entry["sha256"]:
-        raise InputError(f"{model}: checksum mismatch with {run.export_manifest}; re-run `make export RUN={run.path}`")
+def members(run, variants, manifest, measured, gate, name, count, work):
+    """(name inside the bundle, bytes) of everything the bundle holds."""
+    entries = {v: manifest["variants"][v] for v in variants}
+    names, labels, pixels, sources = reference_images(run, count)
+    probs = {}
+    for v, e in entries.items():
+        model = run.export_dir / e["file"]
+        # library-default settings at 1 thread: what selfcheck runs on the device
+        probs[v] = Classifier(model, settings={}, threads=1).probabilities(pixels).astype(np.float32)
+    npz, npy = io.BytesIO(), io.BytesIO()
+    np.savez(npz, **probs)
+    np.save(npy, pixels)
+    reference = {"images": [{"file": f"images/{n}", "label": l} for n, l in zip(names, labels)],
+                 "pixels": "pixels.npy", "probabilities": "probabilities.npz", "settings": "library defaults",
+                 "threads": 1, "recorded_on": dict(signature(), versions=runtime_versions())}
+    statuses = {v: provenance(v, e, measured) for v, e in entries.items()}
+    slim = {k: v for k, v in manifest.items() if k not in ("variants", "runtime_settings")}  # tuned for this host only
+    slim.update(run=run.path.name, variants=entries,
+                selfcheck={"kinds": {v: "integer" if BY_NAME[v].calibrated else "float" for v in entries}},
+                bundle={"name": name, "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                        "candidates": list(entries), "gate": gate, "gate_status": statuses,
+                        "edge_runtime": runtime_wheel.version()})
+    wheel = runtime_wheel.build(work)
+    formats = sorted({e["format"] for e in entries.values()})
+    extras = [runtime_wheel.EXTRA_OF_FORMAT[f] for f in formats] + ["serve"]
+    pins = pinned_closure(["numpy", "Pillow"] + [r.split(">=")[0] for x in extras for r in runtime_wheel.EXTRAS[x]])
+    requirements = ["# edge_runtime, and what it needs for these files and the service, pinned to the versions",
+                    "# the bundle was checked with", f"./wheels/{wheel.name}", *pins]
+    card = run.path / "MODEL_CARD.md"
+    out = [(e["file"], (run.export_dir / e["file"]).read_bytes()) for e in entries.values()]
+    out += [(LABELS, ("\n".join(manifest["classes"]) + "\n").encode()),
+            (MANIFEST, (json.dumps(slim, indent=2) + "\n").encode()),
+            ("requirements.txt", ("\n".join(requirements) + "\n").encode()),
+            (f"wheels/{wheel.name}", wheel.read_bytes()), (SERVICE, service_unit(name).encode()),
+            ("README.md", readme(name, run.path.name, [(v, entries[v], statuses[v]) for v in entries], manifest,
+                                 gate, len(entries) == 1).encode()),
+            ("reference/reference.json", (json.dumps(reference, indent=2) + "\n").encode()),
+            ("reference/pixels.npy", npy.getvalue()), ("reference/probabilities.npz", npz.getvalue())]
+    out += [(f"reference/images/{n}", Path(src).read_bytes()) for n, src in zip(names, sources)]
+    if card.is_file():
+        out.append(("MODEL_CARD.md", card.read_bytes()))
+    return out, requirements
 
-    name = f"{run.path.name}-{variant}"
-    slim = {k: v for k, v in manifest.items() if k != "variants"}
-    slim["run"] = run.path.name  # manifests written before the name replaced the path carry the path
-    slim["variants"] = {variant: entry}  # only what ships, so the runtime finds exactly this model
-    requirements = pinned([RUNTIME_PACKAGE[entry["format"]], "numpy", "Pillow"])
-    members = [
-        (entry["file"], model.read_bytes()),
-        (LABELS, ("\n".join(manifest["classes"]) + "\n").encode()),
-        (MANIFEST, (json.dumps(slim, indent=2) + "\n").encode()),
-        ("requirements.txt", ("\n".join(requirements) + "\n").encode()),
-        ("README.md", readme(name, variant, entry, manifest).encode()),
-        *[(arc, p.read_bytes()) for arc, p in runtime_files()],
-    ]
+
+def build(run, variants=None, dist=Path("dist"), count=REFERENCE_IMAGES):
+    """Write the bundle atomically and return its path. variants: a list of names, one name, or None for
+    the default candidates (gate-passing, measured files; see the module docstring)."""
+    import tempfile
+
+    manifest = run.manifest()
+    measured, gate = gate_record(run)
+    if variants is None:
+        variants = default_candidates(run, manifest, measured)
+    elif isinstance(variants, str):
+        variants = [variants]
+    exported = manifest.get("variants", {})
+    for v in variants:
+        entry = exported.get(v)
+        if entry is None:
+            raise InputError(f"variant {v!r} was not exported for {run.path}; exported: {', '.join(exported) or 'none'}")
+        if entry.get("status") != "ok":
+            raise InputError(f"variant {v!r} of {run.path} failed to export ({entry.get('error', 'no file')})")
+        model = run.export_dir / entry["file"]
+        if Path(entry["file"]).name != entry["file"] or not model.is_file():
+            raise InputError(f"{model} is listed in the manifest but missing; re-run `make export RUN={run.path}`")
+        if sha256_file(model) != entry["sha256"]:
+            raise InputError(f"{model}: checksum mismatch with {run.export_manifest}; re-run `make export RUN={run.path}`")
+    name = run.path.name if len(variants) > 1 else f"{run.path.name}-{variants[0]}"
+    with tempfile.TemporaryDirectory(prefix="bundle-") as work:
+        files, requirements = members(run, variants, manifest, measured, gate, name, count, work)
     out = Path(dist) / f"{name}.tar.gz"
     with atomic_path(out, suffix=".tar.gz") as tmp:
         with tarfile.open(tmp, "w:gz") as tar:
-            for arc, data in members:
+            for arc, data in files:
                 info = tarfile.TarInfo(f"{name}/{arc}")
                 info.size, info.mode, info.mtime = len(data), 0o644, 0  # reproducible: no owner, no time
                 tar.addfile(info, io.BytesIO(data))
-    log(f"{out}: {out.stat().st_size / 1e6:.1f} MB ({variant}, {len(members)} files; requirements: {', '.join(requirements)})")
+    log(f"{out}: {out.stat().st_size / 1e6:.1f} MB, candidates {', '.join(variants)}; "
+        f"{len(requirements) - 3} pinned requirements")
     return out
 
 
-def chosen_variant(run):
-    """(variant, why) when none is named: the benchmark's fastest variant that passed the gate on this
-    machine, or DEFAULT_VARIANT when there is no benchmark report to go by."""
-    report = run.benchmark_dir / "report.json"
-    if not report.is_file():
-        return DEFAULT_VARIANT, f"no benchmark report in {run.benchmark_dir} yet, so the default"
-    try:
-        rec = json.loads(report.read_text()).get("recommendation") or {}
-    except (OSError, json.JSONDecodeError) as e:
-        raise InputError(f"{report}: unreadable benchmark report ({e}); re-run `make benchmark` or pass VARIANT") from None
-    if not rec:
-        raise InputError(f"no variant passed the parity gate in {report}; pass VARIANT=<name> to pack one anyway")
-    return rec["fastest"]["variant"], f"the fastest variant that passed the gate on the benchmark machine: {rec['fastest']['why']}"
-
-
 def main(argv=None):
-    p = argparse.ArgumentParser(prog="python -m export.bundle", description="Pack one exported variant for a device.")
+    p = argparse.ArgumentParser(prog="python -m export.bundle", description=__doc__.split("\n\n")[1])
     p.add_argument("--run", help="run folder (default: the newest finished run in runs/)")
-    p.add_argument("--variant", help="exported variant to pack (default: the benchmark's fastest variant passing the gate, "
-                                     f"or {DEFAULT_VARIANT} before any benchmark)")
+    p.add_argument("--variant", help="pack exactly this one exported variant (measured or not; the README says which)")
+    p.add_argument("--variants", help="comma-separated candidates instead of the default set")
+    p.add_argument("--images", type=int, default=REFERENCE_IMAGES, help="reference images (default %(default)s)")
     p.add_argument("--dist", default="dist", help="output folder (default dist/)")
     a = p.parse_args(argv)
-    from train.rundir import resolve_run
 
     def body():
-        run = resolve_run(a.run)
-        variant = a.variant
-        if not variant:
-            variant, why = chosen_variant(run)
-            log(f"packing {variant}: {why}")
-        build(run, variant, Path(a.dist))
+        from train.rundir import resolve_run
+        from .variants import select
+
+        if a.variant and a.variants:
+            raise InputError("give --variant (one file) or --variants (candidates), not both")
+        if a.images < 1:
+            raise InputError(f"--images must be at least 1, got {a.images}")
+        names = [v.name for v in select(a.variants)] if a.variants else a.variant
+        if a.variant:
+            select(a.variant)
+        build(resolve_run(a.run), names, Path(a.dist), a.images)
 
     return exit_code(body)
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from benchmark.evaluate import accuracy, gate
-from benchmark.timing import summarize
+from edge_runtime.timing import summarize
 from conftest import assert_one_line_error, run_cli
 from train.metrics import agreement, classification_metrics, top_k_accuracy
 
@@ -181,7 +181,7 @@ def test_no_export_and_bad_options_are_refused(run_copy):
 
 
 def test_latency_interleaves_and_stops_at_min_runs():
-    from benchmark.timing import latency
+    from edge_runtime.timing import latency
 
     calls = []
     a, b = latency(lambda i: calls.append(("a", i)), lambda i: calls.append(("b", i)),
@@ -194,7 +194,7 @@ def _fake_clock(monkeypatch, durations):
     """perf_counter advancing by durations[k] on the k-th timed call (cycling), so timing is deterministic."""
     import itertools
 
-    import benchmark.timing as timing
+    import edge_runtime.timing as timing
 
     state = {"now": 0.0, "step": itertools.cycle(durations)}
 
@@ -206,7 +206,7 @@ def _fake_clock(monkeypatch, durations):
 
 
 def test_latency_stops_once_the_median_is_known(monkeypatch):
-    from benchmark.timing import latency
+    from edge_runtime.timing import latency
 
     steady = latency(_fake_clock(monkeypatch, [0.010]), warmup=0, min_runs=20, min_seconds=0, ci=0.02, max_runs=500)
     assert steady["runs"] == 20 and steady["p50_ci_relative"] < 1e-9  # constant time: known at once
@@ -216,7 +216,7 @@ def test_latency_stops_once_the_median_is_known(monkeypatch):
 
 
 def test_median_interval_brackets_the_median():
-    from benchmark.timing import median_ci
+    from edge_runtime.timing import median_ci
 
     x = list(range(1, 101))
     lo, hi = median_ci(x)

@@ -23,9 +23,9 @@ def test_imports_and_predicts_where_tensorflow_cannot_be_imported(tiny_export, t
                    str(blocker), "predict", str(model), str(img), "--json", "--top-k", "2",
                    env={"PYTHONPATH": f"{blocker}:{REPO}"})
     assert proc.returncode == 0, proc.stderr[-2000:]
-    out = json.loads(proc.stdout)
+    out = [json.loads(line) for line in proc.stdout.splitlines()]
     expected = Classifier(model).predict(str(img), top_k=2)  # the same file with TensorFlow importable
-    assert [t["label"] for t in out[0]["top_k"]] == [l for l, _ in expected]
+    assert len(out) == 1 and [t["label"] for t in out[0]["top_k"]] == [l for l, _ in expected]
     assert len(out[0]["top_k"]) == 2
 
 
@@ -60,6 +60,36 @@ def test_quantize_and_dequantize_use_the_models_parameters():
     assert clf.dequantize(np.zeros((0, 3), np.float32)).shape == (0, 3)
 
 
+@pytest.mark.parametrize("variant", ["tflite-fp32", "tflite-int8", "onnx-fp32", "onnx-int8"])
+def test_one_classifier_shared_by_many_threads_gives_each_its_own_answer(tiny_export, variant):
+    """Threads share one instance (its input buffer, the interpreter) and each gets the answer the same
+    image gets alone: the float files' kept buffer is per thread, a TFLite interpreter runs one call at a time."""
+    import threading
+
+    manifest = json.loads((tiny_export.export_dir / "manifest.json").read_text())
+    clf = Classifier(tiny_export.export_dir / manifest["variants"][variant]["file"], threads=1)
+    # blends of two class colours, so the answers spread over the probabilities rather than saturate
+    a, b = (np.asarray(make_image(c, clf.size[0], seed=s), np.float32) for s, c in enumerate(COLOURS[:2]))
+    images = np.stack([np.clip(w * a + (1 - w) * b, 0, 255) for w in np.linspace(0, 1, 24)]).astype(np.uint8)
+    alone = [clf.probabilities(images[i : i + 1]) for i in range(len(images))]
+    assert len({a.tobytes() for a in alone}) > 12  # the images give different answers, so a mix-up would show
+    wrong, barrier = [], threading.Barrier(8)
+
+    def worker(seed):
+        order = np.random.default_rng(seed).integers(0, len(images), 60)
+        barrier.wait()
+        for i in order:
+            if not np.array_equal(clf.probabilities(images[i : i + 1]), alone[i]):
+                wrong.append(int(i))
+
+    threads = [threading.Thread(target=worker, args=(s,)) for s in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert wrong == [], f"{len(wrong)} of 480 calls got another image's answer"
+
+
 def test_float_input_buffer_is_reused_but_never_leaks(tiny_export):
     """probabilities() casts float inputs into one kept buffer; results of earlier calls stay as they were."""
     clf = Classifier(tiny_export.export_dir / "model-fp32.tflite")
@@ -87,7 +117,7 @@ def test_bad_inputs_give_one_line_and_exit_2(tiny_export, tmp_path):
     model = export_dir / "model-fp32.tflite"
     _assert_error(_cli("predict", str(tmp_path / "missing.tflite"), str(img)), "no such model file")
     (tmp_path / "m.pt").write_bytes(b"x")
-    _assert_error(_cli("predict", str(tmp_path / "m.pt"), str(img)), "unknown model type")
+    _assert_error(_cli("predict", "--model", str(tmp_path / "m.pt"), str(img)), "unknown model type")
     truncated = tmp_path / "model-fp32.tflite"
     truncated.write_bytes(model.read_bytes()[:5000])
     _assert_error(_cli("predict", str(truncated), str(img)), "not a valid TFLite model")

@@ -22,7 +22,9 @@ def test_every_variant_loads_in_edge_runtime_and_gives_probabilities(tiny_export
         entry = manifest["variants"][v.name]
         assert entry["status"] == "ok", entry
         assert (export_dir / entry["file"]).stat().st_size == entry["bytes"]
-        clf = Classifier(export_dir / entry["file"])  # verifies the checksum against the manifest
+        # verifies the checksum against the manifest; library-default settings, whatever a benchmark run
+        # before this test recorded for this machine (they change float rounding, not predictions)
+        clf = Classifier(export_dir / entry["file"], settings={})
         probs = clf.probabilities(pixels)
         assert probs.shape == (len(samples), 3)
         assert np.allclose(probs.sum(1), 1.0, atol=1e-5)

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from conftest import LEEDS, MOBILENET_WEIGHTS, run_cli
+from conftest import LEEDS, MOBILENET_WEIGHTS, REPO, run_cli
 from train.rundir import Run
 
 # Measured with `python -m train.ablation` (README): the default recipe at 224 px gives test top-1
@@ -34,10 +34,12 @@ def test_default_recipe_on_leeds_butterflies(tmp_path):
     proc = run_cli("-m", "export", "--run", str(run), "--variants", "tflite-int8,onnx-int8", timeout=1800)
     assert proc.returncode == 0, proc.stderr[-3000:]
     for variant in ("tflite-int8", "onnx-int8"):
-        proc = run_cli("-m", "benchmark.pi_check", "--run", str(run), "--variant", variant, "--images", "8",
-                       "--dist", str(tmp_path / "dist"), timeout=3600)
+        proc = run_cli("-m", "benchmark.pi_check", "--run", str(run), "--variant", variant,
+                       "--dist", str(tmp_path / "dist"), "--cache", str(REPO / ".pi"), timeout=3600)
         if proc.returncode == 3:
             pytest.skip(proc.stderr.strip().splitlines()[-1])
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-        result = json.loads((run / "pi_check" / f"{variant}.json").read_text())
-        assert result["guest"]["machine"] == "aarch64" and result["same_top1"] == 8 and result["passed"]
+        result = json.loads((run / "pi_check" / f"{run.name}-{variant}.json").read_text())
+        checked = result["selfcheck"]["result"]["results"]
+        assert result["guest"]["machine"] == "aarch64" and result["passed"]
+        assert [r["same_top1"] for r in checked[1:]] == [8] and result["serve"]["answer"][0] == 200

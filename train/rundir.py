@@ -5,6 +5,8 @@ TF-free, so export and benchmark can read a run without paying for a TensorFlow 
 import json
 from pathlib import Path
 
+import numpy as np
+
 from edge_runtime.errors import InputError
 
 from .data import read_split
@@ -60,6 +62,31 @@ class Run:
 
     def data_root(self):
         return Path(self.config()["data_root"])
+
+    def test_set(self, subset="test"):
+        """(paths, label indices, uint8 pixels) of a subset of the split, refusing images that went missing or
+        changed since training (checked by SHA-256 against split.csv)."""
+        from edge_runtime.files import sha256_file
+        from edge_runtime.preprocess import load_batch
+
+        samples = [s for s in self.split() if s.subset == subset]
+        if not samples:
+            raise InputError(f"{self.split_file} has no {subset} images (was --{subset}-frac 0?); nothing to measure on")
+        root = self.data_root()
+        missing = [s.path for s in samples if not (root / s.path).is_file()]
+        changed = [s.path for s in samples if s.path not in missing and s.sha256 and sha256_file(root / s.path) != s.sha256]
+        if missing or changed:
+            first = (missing + changed)[0]
+            raise InputError(f"the {subset} split of {self.path} no longer matches the images under {root}: "
+                             f"{len(missing)} missing, {len(changed)} changed (first: {first}); restore the data or "
+                             "train a new run")
+        index = {c: i for i, c in enumerate(self.class_names())}
+        unknown = [s.label for s in samples if s.label not in index]
+        if unknown:
+            raise InputError(f"{self.split_file}: label {unknown[0]!r} is not in {self.labels}")
+        paths = [root / s.path for s in samples]
+        size = tuple(self.config()["image_size"])
+        return paths, np.array([index[s.label] for s in samples]), load_batch(paths, size)
 
     def require_finished(self):
         """Raise one clear error unless this is a complete training run."""

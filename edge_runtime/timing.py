@@ -34,8 +34,7 @@ def summarize(seconds):
             "p50_ci_relative": _relative(lo, hi, float(p50))}
 
 
-def latency(*fns, warmup=DEFAULTS["warmup"], min_runs=DEFAULTS["min_runs"], min_seconds=DEFAULTS["min_seconds"],
-            ci=DEFAULTS["ci"], max_runs=DEFAULTS["max_runs"], max_seconds=DEFAULTS["max_seconds"]):
+def latency(*fns, **rules):
     """Time each fn(i) one call at a time after `warmup` untimed rounds; one summary per fn.
 
     Several fns are interleaved call by call, so a slow spell of the machine hits them alike
@@ -44,6 +43,13 @@ def latency(*fns, warmup=DEFAULTS["warmup"], min_runs=DEFAULTS["min_runs"], min_
     once min_runs calls and min_seconds have passed; or at max_runs / max_seconds.
     ci=None times for exactly min_runs / min_seconds.
     """
+    out = [summarize(ts) for ts in samples(*fns, **rules)]
+    return out[0] if len(fns) == 1 else out
+
+
+def samples(*fns, warmup=DEFAULTS["warmup"], min_runs=DEFAULTS["min_runs"], min_seconds=DEFAULTS["min_seconds"],
+            ci=DEFAULTS["ci"], max_runs=DEFAULTS["max_runs"], max_seconds=DEFAULTS["max_seconds"]):
+    """latency()'s timed calls: one list of seconds per fn."""
     for i in range(warmup):
         for fn in fns:
             fn(i)
@@ -58,8 +64,7 @@ def latency(*fns, warmup=DEFAULTS["warmup"], min_runs=DEFAULTS["min_runs"], min_
             break
         if i + 1 >= min_runs and elapsed >= min_seconds and (ci is None or all(relative_ci(ts) <= ci for ts in times)):
             break
-    out = [summarize(ts) for ts in times]
-    return out[0] if len(fns) == 1 else out
+    return times
 
 
 def throughput(fn, batch, min_runs=3, min_seconds=1.0, max_seconds=30.0):

@@ -1,0 +1,319 @@
+"""`serve`: the classifier as an HTTP service, Starlette on Uvicorn, bounded in every direction.
+
+    POST /v1/classify[?top_k=N]   an image as the raw body (Content-Type image/* or
+                                  application/octet-stream) or a multipart/form-data upload (field
+                                  "image" or "file"); answers {"top_k": [{"label", "probability"}], ...}
+    GET  /v1/model                labels, variant, file, sha256, preprocessing contract, runtime
+    GET  /health                  {"status": "ok", ...} once the model is loaded
+    GET  /metrics                 Prometheus text: requests, errors by kind, latency histograms,
+                                  queue depth, model and runtime versions, process memory
+
+Bounds: a request body larger than --max-bytes is refused (413) before or while it is read; the whole
+request (body, queue, inference) has --timeout seconds (408 while the body is still arriving, 504
+after); decoding and inference run on --workers threads, each with its own interpreter (a TFLite
+interpreter is not thread-safe), fed from one queue of --queue jobs, and a request that finds it full
+is answered 503 at once instead of the queue growing. SIGTERM stops accepting, finishes the requests in
+flight, then exits. Every error is a JSON body {"error": {"kind", "message"}} with its status, and the
+service keeps serving.
+"""
+import asyncio
+import queue
+import signal
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .classifier import Classifier
+from .errors import InputError
+from .files import sha256_file
+from .machine import cores, runtime_versions
+
+RAW_TYPES = ("image/", "application/octet-stream")
+FORM_FIELDS = ("image", "file")
+# seconds; a Pi runs a small model in milliseconds and ResNet-50 in a fraction of a second
+LATENCY_BUCKETS = (0.001, 0.002, 0.004, 0.006, 0.008, 0.01, 0.015, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5,
+                   1.0, 2.5, 5.0, 10.0)
+
+
+@dataclass
+class Limits:
+    max_bytes: int = 10_000_000  # a 20-megapixel JPEG is about 8 MB
+    timeout: float = 30.0  # seconds for the whole request
+    queue: int = 32  # jobs waiting for a worker; beyond it, 503
+    workers: int = field(default_factory=cores)
+    threads: int = 1  # per worker: workers x threads should not exceed the cores
+    top_k: int = 5
+
+
+class HTTPError(Exception):
+    def __init__(self, status, kind, message, headers=None):
+        super().__init__(message)
+        self.status, self.kind, self.headers = status, kind, headers or {}
+
+
+class Job:
+    __slots__ = ("data", "top_k", "loop", "future", "abandoned", "started")
+
+    def __init__(self, data, top_k, loop):
+        self.data, self.top_k, self.loop = data, top_k, loop
+        self.future, self.abandoned, self.started = loop.create_future(), False, None
+
+
+def _settle(future, outcome):
+    if not future.done():  # the request may have timed out meanwhile
+        result, error = outcome
+        future.set_exception(error) if error else future.set_result(result)
+
+
+class Pool:
+    """`workers` threads, each with its own Classifier, taking jobs from one bounded queue."""
+
+    def __init__(self, model, limits, metrics=None):
+        self.limits, self.metrics = limits, metrics
+        self.classifiers = [Classifier(model, threads=limits.threads) for _ in range(limits.workers)]
+        for clf in self.classifiers:  # the first inference of an interpreter is slow: not on a request
+            clf.probabilities(np.zeros((1, *clf.size, 3), np.uint8))
+        self.jobs = queue.Queue(limits.queue)
+        self.threads = [threading.Thread(target=self._work, args=(c,), name=f"inference-{i}", daemon=True)
+                        for i, c in enumerate(self.classifiers)]
+        for t in self.threads:
+            t.start()
+
+    def submit(self, job):
+        """Queue a job; HTTPError 503 when the queue is full."""
+        try:
+            self.jobs.put_nowait(job)
+        except queue.Full:
+            raise HTTPError(503, "queue_full", f"all {self.limits.workers} workers are busy and "
+                                               f"{self.limits.queue} requests are waiting; retry shortly",
+                            {"Retry-After": "1"}) from None
+
+    def _work(self, clf):
+        while True:
+            job = self.jobs.get()
+            if job is None:
+                return
+            if job.abandoned:  # its request timed out or went away while it waited
+                continue
+            job.started = time.perf_counter()
+            try:
+                outcome = (clf.predict(job.data, top_k=job.top_k), None)
+            except InputError as e:
+                outcome = (None, HTTPError(422, "bad_image", str(e).replace("<bytes>: ", "")))
+            except Exception as e:  # noqa: BLE001  the service must outlive any one request
+                outcome = (None, HTTPError(500, "internal", f"{type(e).__name__}: {e}"))
+            if self.metrics:
+                self.metrics.inference.observe(time.perf_counter() - job.started)
+            job.loop.call_soon_threadsafe(_settle, job.future, outcome)
+
+    def close(self):
+        """Let the queued jobs finish, then stop the workers."""
+        for _ in self.threads:
+            self.jobs.put(None)
+        for t in self.threads:
+            t.join()
+
+
+class Metrics:
+    def __init__(self, info):
+        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+        from prometheus_client import ProcessCollector, disable_created_metrics
+
+        disable_created_metrics()  # the *_created series only restate the start time
+        self.registry = r = CollectorRegistry()
+        ProcessCollector(registry=r)  # resident memory, CPU seconds, open files
+        self.requests = Counter("edgeclf_requests", "HTTP requests answered", ["path", "status"], registry=r)
+        self.errors = Counter("edgeclf_request_errors", "requests that failed, by kind", ["kind"], registry=r)
+        self.latency = Histogram("edgeclf_classify_seconds", "POST /v1/classify, first byte in to response out",
+                                 buckets=LATENCY_BUCKETS, registry=r)
+        self.inference = Histogram("edgeclf_inference_seconds", "decode, resize and inference on a worker",
+                                   buckets=LATENCY_BUCKETS, registry=r)
+        self.inflight = Gauge("edgeclf_requests_in_flight", "classify requests being handled", registry=r)
+        self.queue_depth = Gauge("edgeclf_queue_depth", "jobs waiting for a worker", registry=r)
+        Info("edgeclf_model", "the model served and the runtime serving it", registry=r).info(
+            {k: str(v) for k, v in info.items()})
+
+    def text(self):
+        from prometheus_client import generate_latest
+
+        return generate_latest(self.registry)
+
+
+def model_info(model, clf, why):
+    """What GET /v1/model answers, and the labels of the Prometheus info metric."""
+    path = Path(model)
+    return {"variant": clf.variant, "file": path.name, "sha256": sha256_file(path), "format": clf.backend.format,
+            "why": why, "labels": clf.labels, "image_size": list(clf.size), "input": clf.input.as_dict(),
+            "output": clf.output.as_dict(), "runtime_settings": clf.settings,
+            "preprocessing": ((clf.manifest or {}).get("preprocessing")), "versions": runtime_versions()}
+
+
+async def read_body(request, limits, deadline):
+    """The request body, refused when larger than limits.max_bytes (413) or slower than the deadline (408)."""
+    from starlette.requests import ClientDisconnect
+
+    declared = request.headers.get("content-length")
+    if declared is not None and (not declared.isdigit() or int(declared) > limits.max_bytes):
+        raise HTTPError(413, "too_large", f"the body is {declared} bytes; the limit is {limits.max_bytes}")
+    chunks, size = [], 0
+
+    async def receive():
+        nonlocal size
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limits.max_bytes:
+                raise HTTPError(413, "too_large", f"the body exceeds the limit of {limits.max_bytes} bytes")
+            chunks.append(chunk)
+
+    try:
+        await asyncio.wait_for(receive(), max(0.0, deadline - time.perf_counter()))
+    except asyncio.TimeoutError:
+        raise HTTPError(408, "body_timeout", f"the body did not arrive within {limits.timeout:g} s") from None
+    except ClientDisconnect:
+        raise HTTPError(499, "client_disconnected", "the client went away before sending the whole body") from None
+    return b"".join(chunks)
+
+
+async def image_bytes(request, body, limits):
+    """The image in a raw or multipart body."""
+    from starlette.requests import Request
+
+    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if ctype.startswith(RAW_TYPES):
+        data = body
+    elif ctype == "multipart/form-data":
+        sent = False
+
+        async def replay():
+            nonlocal sent
+            if sent:
+                return {"type": "http.disconnect"}
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        try:
+            form = await Request(request.scope, replay).form(max_files=4, max_fields=16, max_part_size=limits.max_bytes)
+        except Exception as e:  # noqa: BLE001  starlette raises its own types for malformed forms
+            raise HTTPError(400, "bad_form", f"malformed multipart body ({e})") from None
+        upload = next((form[f] for f in FORM_FIELDS if f in form and hasattr(form[f], "read")), None) or next(
+            (v for v in form.values() if hasattr(v, "read")), None)
+        if upload is None:
+            raise HTTPError(400, "bad_form", f"the multipart body holds no file (send it as field "
+                                             f"{' or '.join(map(repr, FORM_FIELDS))})")
+        data = await upload.read()
+        await form.close()
+    else:
+        raise HTTPError(415, "unsupported_type", f"Content-Type {ctype or 'missing'}: send the image as image/* or "
+                                                 "application/octet-stream, or as multipart/form-data")
+    if not data:
+        raise HTTPError(400, "empty", "the request holds no image bytes")
+    return data
+
+
+def top_k_of(request, limits, classes):
+    raw = request.query_params.get("top_k", str(limits.top_k))
+    if not raw.isdigit() or int(raw) < 1:
+        raise HTTPError(400, "bad_request", f"top_k must be a whole number of at least 1, got {raw!r}")
+    return min(int(raw), classes)
+
+
+def create_app(model, limits=None, why="given"):
+    """The ASGI application serving `model`; its inference pool starts and stops with the app's lifespan."""
+    import contextlib
+
+    from starlette.applications import Starlette
+    from starlette.responses import JSONResponse, Response
+    from starlette.routing import Route
+
+    limits = limits or Limits()
+    probe = Classifier(model, threads=1)  # checks the file (checksum, labels) before anything listens
+    info = model_info(model, probe, why)
+    del probe
+    metrics = Metrics({"variant": info["variant"], "file": info["file"], "sha256": info["sha256"],
+                       "format": info["format"], **{f"version_{k}": v for k, v in info["versions"].items()}})
+    state = {}
+
+    def error(e):
+        metrics.errors.labels(e.kind).inc()
+        return JSONResponse({"error": {"kind": e.kind, "message": str(e)}}, status_code=e.status, headers=e.headers)
+
+    async def classify(request):
+        start = time.perf_counter()
+        deadline = start + limits.timeout
+        metrics.inflight.inc()
+        try:
+            top_k = top_k_of(request, limits, len(info["labels"]))
+            data = await image_bytes(request, await read_body(request, limits, deadline), limits)
+            job = Job(data, top_k, asyncio.get_running_loop())
+            state["pool"].submit(job)
+            try:
+                result = await asyncio.wait_for(asyncio.shield(job.future), max(0.0, deadline - time.perf_counter()))
+            except asyncio.TimeoutError:
+                job.abandoned = True
+                raise HTTPError(504, "timeout", f"no answer within {limits.timeout:g} s") from None
+            done = time.perf_counter()
+            response = JSONResponse({"top_k": [{"label": l, "probability": p} for l, p in result],
+                                     "variant": info["variant"], "sha256": info["sha256"],
+                                     "ms": {"total": round(1000 * (done - start), 3),
+                                            "waited": round(1000 * (job.started - start), 3)}})
+            metrics.latency.observe(time.perf_counter() - start)
+        except HTTPError as e:
+            response = error(e)
+        except Exception as e:  # noqa: BLE001
+            response = error(HTTPError(500, "internal", f"{type(e).__name__}: {e}"))
+        finally:
+            metrics.inflight.dec()
+        metrics.requests.labels("/v1/classify", str(response.status_code)).inc()
+        return response
+
+    async def model_route(request):
+        metrics.requests.labels("/v1/model", "200").inc()
+        return JSONResponse(dict(info, limits=asdict(limits)))
+
+    async def health(request):
+        pool = state.get("pool")
+        metrics.requests.labels("/health", "200" if pool else "503").inc()
+        body = {"status": "ok" if pool else "starting", "variant": info["variant"], "workers": limits.workers,
+                "queue": pool.jobs.qsize() if pool else 0, "queue_limit": limits.queue}
+        return JSONResponse(body, status_code=200 if pool else 503)
+
+    async def metrics_route(request):
+        metrics.requests.labels("/metrics", "200").inc()
+        pool = state.get("pool")
+        metrics.queue_depth.set(pool.jobs.qsize() if pool else 0)
+        return Response(metrics.text(), media_type="text/plain; version=0.0.4")
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app):
+        state["pool"] = await asyncio.to_thread(Pool, model, limits, metrics)
+        try:
+            yield
+        finally:
+            await asyncio.to_thread(state.pop("pool").close)
+
+    app = Starlette(routes=[Route("/v1/classify", classify, methods=["POST"]), Route("/v1/model", model_route),
+                            Route("/health", health), Route("/metrics", metrics_route)], lifespan=lifespan)
+    app.state.info, app.state.limits = info, limits
+    return app
+
+
+def serve(model, limits, host="127.0.0.1", port=8080, why="given", access_log=False, log=print):
+    """Run until SIGTERM or SIGINT; requests in flight are finished first."""
+    import uvicorn
+
+    app = create_app(model, limits, why)
+    log(f"serving {Path(model).name} on http://{host}:{port} ({limits.workers} worker(s) x {limits.threads} thread(s), "
+        f"queue {limits.queue}, body limit {limits.max_bytes} bytes, timeout {limits.timeout:g} s)")
+    config = uvicorn.Config(app, host=host, port=port, access_log=access_log, log_level="warning",
+                            timeout_graceful_shutdown=int(limits.timeout) + 5, lifespan="on",
+                            # connections beyond what the queue can take are refused at once with 503
+                            limit_concurrency=limits.queue + limits.workers + 64)
+    # Uvicorn finishes the requests in flight on SIGTERM/SIGINT, then raises the signal again for whatever
+    # handler was there before it: this one, so the process ends normally and says so
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: None)
+    uvicorn.Server(config).run()
+    log("stopped: requests in flight finished")
