@@ -1,18 +1,21 @@
 # make train export benchmark   -- the whole pipeline (demo dataset unless DATA is given)
 # make test                     -- the test suite, slow tests on the Leeds butterflies included
-# make bundle                   -- dist/<run>-<variant>.tar.gz for a Raspberry Pi (the fastest passing variant)
+# make bundle                   -- dist/<run>.tar.gz for a device: the gate-passing candidates, checked there
+# make pi-check                 -- that bundle's selfcheck, select and serve on an emulated Raspberry Pi
+# make serve-check              -- the device service under load and faults on 127.0.0.1
 # make scale-check              -- 300 classes, 20,100 generated images through train, export and benchmark
-# make pi-check VARIANT=...     -- that bundle classifying test images on an emulated aarch64 Raspberry Pi OS
-# Every target creates .venv first when it is missing.
+# Every target creates .venv first when it is missing; each runs the `edgeclf` command installed in it
+# (`.venv/bin/edgeclf COMMAND --help` lists every option; variables below set the common ones).
 
 PYTHON    ?= python3
 VENV      := .venv
 PY        := $(VENV)/bin/python
+EDGECLF   := $(VENV)/bin/edgeclf
 STAMP     := $(VENV)/.installed
 export TF_USE_LEGACY_KERAS := 1
 export TF_CPP_MIN_LOG_LEVEL := 2
 
-# Options, passed through when set (see README and `python -m train --help`).
+# Options, passed through when set (see docs/ and `.venv/bin/edgeclf COMMAND --help`).
 DATA ?=
 CSV ?=
 RUN ?=
@@ -42,7 +45,6 @@ MIN_AGREEMENT ?=
 BENCH_ARGS ?=
 VARIANT ?=
 CANDIDATES ?=
-IMAGES ?=
 GPU ?=
 PYTEST_ARGS ?=
 
@@ -57,10 +59,11 @@ TRAIN_OPTS = $(call opt,--data,$(DATA)) $(call opt,--csv,$(CSV)) $(call opt,--ru
   $(call opt,--unfreeze-from,$(UNFREEZE_FROM)) $(call opt,--unfreeze-layers,$(UNFREEZE_LAYERS)) \
   $(call opt,--seed,$(SEED)) $(call flag,--overwrite,$(OVERWRITE)) \
   $(call flag,--mixed-precision,$(MIXED_PRECISION)) $(call flag,--xla,$(XLA)) $(TRAIN_ARGS)
+# The parity budget: export's fallback aims at it, the benchmark's gate checks it.
+PARITY_OPTS = $(call opt,--max-drop,$(MAX_DROP)) $(call opt,--min-agreement,$(MIN_AGREEMENT))
 EXPORT_OPTS = $(call opt,--run,$(RUN)) $(call opt,--variants,$(VARIANTS)) $(call opt,--calibration-images,$(CALIB)) \
-  $(call opt,--qat-epochs,$(QAT_EPOCHS)) $(EXPORT_ARGS)
-BENCH_OPTS = $(call opt,--run,$(RUN)) $(call opt,--variants,$(VARIANTS)) $(call opt,--max-drop,$(MAX_DROP)) \
-  $(call opt,--min-agreement,$(MIN_AGREEMENT)) $(BENCH_ARGS)
+  $(call opt,--qat-epochs,$(QAT_EPOCHS)) $(PARITY_OPTS) $(EXPORT_ARGS)
+BENCH_OPTS = $(call opt,--run,$(RUN)) $(call opt,--variants,$(VARIANTS)) $(PARITY_OPTS) $(BENCH_ARGS)
 
 .PHONY: setup train export benchmark test test-fast bundle pi-check serve-check scale-check preview-augment clean
 
@@ -70,10 +73,13 @@ ENV := $(STAMP) $(if $(filter 1 yes true,$(GPU)),$(GPU_STAMP))
 
 setup: $(ENV)
 
-$(STAMP): requirements.txt
+# The locked requirements, then this project itself (editable, so the checkout's code runs) with its
+# console commands, edgeclf and edgeclf-runtime.
+$(STAMP): requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -r requirements.txt
+	$(PY) -m pip install --quiet --no-deps -e .
 	touch $(STAMP)
 
 $(GPU_STAMP): $(STAMP)
@@ -81,33 +87,33 @@ $(GPU_STAMP): $(STAMP)
 	touch $(GPU_STAMP)
 
 train: $(ENV)
-	$(PY) -m train $(TRAIN_OPTS)
+	$(EDGECLF) train $(TRAIN_OPTS)
 
 preview-augment: $(ENV)
-	$(PY) -m train preview-augment $(call opt,--data,$(DATA)) $(call opt,--image-size,$(IMG_SIZE)) $(call opt,--augment,$(AUGMENT))
+	$(EDGECLF) preview-augment $(call opt,--data,$(DATA)) $(call opt,--image-size,$(IMG_SIZE)) $(call opt,--augment,$(AUGMENT))
 
 export: $(ENV)
-	$(PY) -m export $(EXPORT_OPTS)
+	$(EDGECLF) export $(EXPORT_OPTS)
 
 benchmark: $(ENV)
-	$(PY) -m benchmark $(BENCH_OPTS)
+	$(EDGECLF) benchmark $(BENCH_OPTS)
 
 # The bundle on an emulated aarch64 Raspberry Pi OS-like Python (installs qemu-user-static and mmdebstrap
 # from Debian's packages when missing; needs root for that and for unpacking the arm64 userland into .pi/).
 pi-check: $(ENV)
-	$(PY) -m benchmark.pi_check --cache .pi $(call opt,--run,$(RUN)) $(call opt,--variant,$(VARIANT))
+	$(EDGECLF) pi-check --cache .pi $(call opt,--run,$(RUN)) $(call opt,--variant,$(VARIANT))
 
 # A generated many-class dataset through train, export and benchmark; figures in runs/scale-check/scale_check.md.
 SCALE_ARGS ?=
 scale-check: $(ENV)
-	$(PY) -m benchmark.scale_check $(SCALE_ARGS)
+	$(EDGECLF) scale-check $(SCALE_ARGS)
 
 # The device service under load and faults, on 127.0.0.1; figures in runs/<name>/serve_check/serve_check.md.
 serve-check: $(ENV)
-	$(PY) -m benchmark.serve_check $(call opt,--run,$(RUN))
+	$(EDGECLF) serve-check $(call opt,--run,$(RUN))
 
 bundle: $(ENV)
-	$(PY) -m export.bundle $(call opt,--run,$(RUN)) $(call opt,--variant,$(VARIANT)) $(call opt,--variants,$(CANDIDATES))
+	$(EDGECLF) bundle $(call opt,--run,$(RUN)) $(call opt,--variant,$(VARIANT)) $(call opt,--variants,$(CANDIDATES))
 
 test: $(ENV)
 	$(PY) -m pytest $(PYTEST_ARGS)

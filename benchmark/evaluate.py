@@ -14,7 +14,7 @@ from edge_runtime.errors import InputError
 from edge_runtime.files import sha256_file
 from edge_runtime.preprocess import load_batch
 from export.variants import select
-from train.metrics import (PARITY, agreement, classification_metrics, mcnemar_p, paired_delta_interval,
+from train.shared.metrics import (PARITY, agreement, classification_metrics, mcnemar_p, paired_delta_interval,
                            parity_misses, wilson_interval)
 
 from edge_runtime.timing import DEFAULTS as TIMING_DEFAULTS

@@ -18,7 +18,6 @@ The bundle, run where users deploy it: an emulated aarch64 Raspberry Pi OS-like 
 Exit 0 pass, 1 a failure (named), 2 bad input, 3 this machine cannot run the emulation at all (not
 root, no apt-get, no Debian mirror): one `unavailable:` line.
 """
-import argparse
 import hashlib
 import json
 import os
@@ -32,7 +31,6 @@ import tempfile
 import time
 from pathlib import Path
 
-from edge_runtime.errors import InputError, exit_code
 from edge_runtime.files import write_json
 
 SUITE = "bookworm"  # Raspberry Pi OS 12 is built on it: Python 3.11.2, glibc 2.36
@@ -280,42 +278,37 @@ def failures(result):
     return out
 
 
-def main(argv=None):
-    p = argparse.ArgumentParser(prog="python -m benchmark.pi_check", description=__doc__.split("\n\n")[0])
-    p.add_argument("--run", help="run folder (default: the newest finished run in runs/)")
-    p.add_argument("--variant", help="check a bundle of this one variant (default: the default candidates)")
-    p.add_argument("--dist", default="dist", help="where the bundle is written (default dist/)")
-    p.add_argument("--cache", help=f"emulated userland and aarch64 packages (default {default_cache()})")
-    a = p.parse_args(argv)
+def run_command(o):
+    """`edgeclf pi-check`: options by name (train/shared/options.py)."""
+    from train.shared.options import defaults
+    from train.shared.run_folder import resolve_run
 
-    def body():
-        from train.rundir import resolve_run
-
-        run = resolve_run(a.run)
-        try:
-            result = check(run, a.variant, Path(a.dist), a.cache)
-        except Unavailable as e:
-            print(f"unavailable: {e}", file=sys.stderr)
-            return 3
-        except Failed as e:
-            print(f"error: {e}", file=sys.stderr)
-            return 1
-        g = result["guest"]
-        wanted = {"edgeclf-runtime", "ai-edge-litert", "onnxruntime", "numpy", "pillow", "uvicorn", "starlette"}
-        log("installed from the bundle's requirements.txt: "
-            + ", ".join(f"{k} {v}" for k, v in sorted(g["versions"].items()) if k.lower() in wanted))
-        out = run.path / "pi_check" / f"{result['bundle']}.json"
-        write_json(out, result)
-        if not result["passed"]:
-            print("error: on the emulated Pi: " + "; ".join(failures(result)), file=sys.stderr)
-            return 1
-        s = result["serve"]
-        log(f"passed: selfcheck, select, and serve answered {s['answer'][1]['top_k'][0]['label']} like the host "
-            f"({s['variant']}), then stopped on SIGTERM; {out}")
-        return 0
-
-    return exit_code(body)
+    o = {**defaults("pi-check"), **o}
+    run = resolve_run(o["run"])
+    try:
+        result = check(run, o["variant"], Path(o["dist"]), o["cache"])
+    except Unavailable as e:
+        print(f"unavailable: {e}", file=sys.stderr)
+        return 3
+    except Failed as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    g = result["guest"]
+    wanted = {"edgeclf-runtime", "ai-edge-litert", "onnxruntime", "numpy", "pillow", "uvicorn", "starlette"}
+    log("installed from the bundle's requirements.txt: "
+        + ", ".join(f"{k} {v}" for k, v in sorted(g["versions"].items()) if k.lower() in wanted))
+    out = run.path / "pi_check" / f"{result['bundle']}.json"
+    write_json(out, result)
+    if not result["passed"]:
+        print("error: on the emulated Pi: " + "; ".join(failures(result)), file=sys.stderr)
+        return 1
+    s = result["serve"]
+    log(f"passed: selfcheck, select, and serve answered {s['answer'][1]['top_k'][0]['label']} like the host "
+        f"({s['variant']}), then stopped on SIGTERM; {out}")
+    return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from train.cli import main
+
+    sys.exit(main(["pi-check", *sys.argv[1:]]))

@@ -75,6 +75,11 @@ def _table(rows, columns):
     return "\n".join(lines)
 
 
+def headline(report):
+    """The headline table (one row per model), from the report's own data."""
+    return _table(report["rows"], COLUMNS)
+
+
 def markdown(report):
     rows, ctx, m = report["rows"], report["context"], report["machine"]
     gate = report["gate"]
@@ -86,7 +91,7 @@ def markdown(report):
            f"the p50's 95% interval is within ±{100 * ctx['timing'].get('ci', 0):g}% of it "
            f"(±0.5% for models under 5 ms, whose runtime overhead is judged in milliseconds; "
            f"at most {ctx['timing']['max_seconds']:g} s per figure).", "",
-           _table(rows, COLUMNS), "",
+           headline(report), "",
            f"Δ top-1 is against the Keras model on the same {ctx['test_images']} images, with a 95% paired-bootstrap "
            f"interval; agreement is the share of images on which a variant predicts the class of the model it was "
            f"converted from (Keras, or for QAT its own float source, `qat-source`, since QAT fine-tunes further), "
@@ -182,7 +187,7 @@ def ceiling_section(rows, flags):
 
 def per_class_sections(ok, classes):
     """Per-class recall for every class; with many classes, the worst ones and the most confused pairs."""
-    from train.metrics import MATRIX_LIMIT, worst_recall
+    from train.shared.metrics import MATRIX_LIMIT, worst_recall
 
     head = ["| class | " + " | ".join(r["variant"] for r in ok) + " |", "|---|" + "---|" * len(ok)]
     if len(classes) <= MATRIX_LIMIT or not ok:
@@ -210,7 +215,7 @@ def csv_text(rows):
 
 
 def plot_accuracy_vs_latency(rows, path, max_drop):
-    from train.plots import plt, save
+    from train.shared.plots import plt, save
 
     ok = [r for r in rows if r["status"] == "ok" and r.get("p50_ms")]  # timed rows only
     fig, ax = plt.subplots(figsize=(8, 5.5))
@@ -270,7 +275,7 @@ def _place_labels(fig, ax, rows):
 
 def plot_confusions(rows, classes, path):
     """The Keras float model beside the full-int8 models (or whatever else was measured)."""
-    from train.plots import confusion_matrices
+    from train.shared.plots import confusion_matrices
 
     ok = {r["variant"]: r for r in rows if r["status"] == "ok"}
     from export.variants import VARIANTS

@@ -11,7 +11,6 @@ runs/scale-check/scale_check.{json,md}:
 The dataset is written once to data/scale-<classes>x<per-class>/ and reused; the run folder
 runs/scale-check (or --run) belongs to this check and is replaced each time.
 """
-import argparse
 import json
 import os
 import resource
@@ -23,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edge_runtime.errors import InputError, exit_code
+from edge_runtime.errors import InputError
 from edge_runtime.files import write_json, write_text
 
 PIPELINE_MIN_RATIO = 1.5
@@ -93,7 +92,7 @@ def step(name, argv):
 def pipeline_against_step(run, batches=40, steps=8):
     """Images per second of the training input pipeline alone (decoding every image: an uncached epoch,
     the slowest one) and of the training step alone on one fixed batch."""
-    from train import import_tensorflow
+    from train.shared.tf_setup import import_tensorflow
 
     import_tensorflow()
     from train.augment import augmenter
@@ -154,71 +153,63 @@ def markdown(r):
     return "\n".join(lines)
 
 
-def main(argv=None):
-    p = argparse.ArgumentParser(prog="python -m benchmark.scale_check", description=__doc__.splitlines()[0])
-    p.add_argument("--classes", type=int, default=300)
-    p.add_argument("--per-class", type=int, default=67, help="images per class (default 67: 20,100 images)")
-    p.add_argument("--data", help="dataset folder (default data/scale-<classes>x<per-class>)")
-    p.add_argument("--run", default="runs/scale-check", help="this check's own run folder, replaced on each check")
-    p.add_argument("--backbone", default="resnet50")
-    p.add_argument("--image-size", type=int, default=32)
-    p.add_argument("--epochs", type=int, default=1)
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--variant", default="tflite-int8")
-    a = p.parse_args(argv)
+def run_command(o):
+    """`edgeclf scale-check`: options by name (train/shared/options.py)."""
+    from train.shared.options import defaults
 
-    def body():
-        from edge_runtime.machine import cpu_flags
-        from train.data import cache_in_memory, decoded_bytes
-        from train.rundir import Run
+    from edge_runtime.machine import cpu_flags
+    from train.data import cache_in_memory, decoded_bytes
+    from train.shared.run_folder import Run
 
-        if a.classes < 2 or a.per_class < 10:
-            raise InputError("--classes must be at least 2 and --per-class at least 10 (each class needs val and test images)")
-        data = make_dataset(a.data or f"data/scale-{a.classes}x{a.per_class}", a.classes, a.per_class)
-        run = Run(a.run)
-        stages = {"train": step("train", ["-m", "train", "--data", str(data), "--run", str(run.path), "--overwrite",
-                                          "--backbone", a.backbone, "--weights", "none", "--image-size", str(a.image_size),
-                                          "--epochs-head", str(a.epochs), "--epochs-finetune", "0",
-                                          "--batch-size", str(a.batch_size), "--augment", "0.5"])}
-        if stages["train"]["exit_code"]:
-            raise InputError("training failed; see its output above")
-        stages["export"] = step("export", ["-m", "export", "--run", str(run.path), "--variants", a.variant])
-        stages["benchmark"] = step("benchmark", ["-m", "benchmark", "--run", str(run.path), "--variants", a.variant])
-        log("input pipeline against training step")
-        pipe = pipeline_against_step(run)
-        report = json.loads(run.data_report.read_text())
-        cfg = run.config()
-        n_cached = sum(1 for s in run.split() if s.subset in ("train", "val"))
-        mib = decoded_bytes(n_cached, cfg["image_size"]) / 2**20
-        fits = cache_in_memory(n_cached, cfg["image_size"], cfg["cache_limit_gb"])
-        bench = {}
-        if run.benchmark_dir.joinpath("report.json").exists():
-            rows = {row["variant"]: row for row in json.loads((run.benchmark_dir / "report.json").read_text())["rows"]}
-            bench = {"keras_top1": rows.get("keras", {}).get("top1", float("nan")),
-                     "variant_top1": rows.get(a.variant, {}).get("top1", float("nan")),
-                     "report_lines": len((run.benchmark_dir / "report.md").read_text().splitlines())}
-        result = {
-            "command": " ".join(["make scale-check"] + (argv or sys.argv[1:])),
-            "classes": a.classes, "images_listed": report["files_listed"], "images_used": report["images_used"],
-            "skipped": report["skipped"], "skipped_by_reason": report["skipped_by_reason"],
-            "scan_seconds": report.get("scan_seconds"), "backbone": a.backbone, "image_size": a.image_size,
-            "epochs": a.epochs, "variant": a.variant, "cpu_flags": cpu_flags(),
-            "cache": (f"in memory ({mib:.0f} MiB of decoded uint8, under the {cfg['cache_limit_gb']:g} GiB limit)" if fits
-                      else f"off ({mib:.0f} MiB would exceed the {cfg['cache_limit_gb']:g} GiB limit)"),
-            "stages": stages, "pipeline": pipe, "benchmark_report": bench,
-            "pipeline_fast_enough": pipe["ratio"] >= PIPELINE_MIN_RATIO,
-        }
-        write_json(run.path / "scale_check.json", result)
-        write_text(run.path / "scale_check.md", markdown(result))
-        print(markdown(result))
-        # exit 1 from the benchmark is its gate's verdict, reported above; from export it is a failed export
-        failed = [k for k, v in stages.items() if v["exit_code"] not in ((0, 1) if k == "benchmark" else (0,))]
-        if failed or not result["pipeline_fast_enough"]:
-            raise InputError(f"scale check failed: {', '.join(failed) or 'input pipeline slower than 1.5x the step'}")
-        log(f"wrote {run.path / 'scale_check.md'}")
-
-    return exit_code(body)
+    o = {**defaults("scale-check"), **o}
+    if o["classes"] < 2 or o["per_class"] < 10:
+        raise InputError("--classes must be at least 2 and --per-class at least 10 (each class needs val and test images)")
+    data = make_dataset(o["data"] or f"data/scale-{o['classes']}x{o['per_class']}", o["classes"], o["per_class"])
+    run = Run(o["run"])
+    stages = {"train": step("train", ["-m", "train", "--data", str(data), "--run", str(run.path), "--overwrite",
+                                      "--backbone", o["backbone"], "--weights", "none", "--image-size", str(o["image_size"]),
+                                      "--epochs-head", str(o["epochs"]), "--epochs-finetune", "0",
+                                      "--batch-size", str(o["batch_size"]), "--augment", "0.5"])}
+    if stages["train"]["exit_code"]:
+        raise InputError("training failed; see its output above")
+    stages["export"] = step("export", ["-m", "export", "--run", str(run.path), "--variants", o["variant"]])
+    stages["benchmark"] = step("benchmark", ["-m", "benchmark", "--run", str(run.path), "--variants", o["variant"]])
+    log("input pipeline against training step")
+    pipe = pipeline_against_step(run)
+    report = json.loads(run.data_report.read_text())
+    cfg = run.config()
+    n_cached = sum(1 for s in run.split() if s.subset in ("train", "val"))
+    mib = decoded_bytes(n_cached, cfg["image_size"]) / 2**20
+    fits = cache_in_memory(n_cached, cfg["image_size"], cfg["cache_limit_gb"])
+    bench = {}
+    if run.benchmark_dir.joinpath("report.json").exists():
+        rows = {row["variant"]: row for row in json.loads((run.benchmark_dir / "report.json").read_text())["rows"]}
+        bench = {"keras_top1": rows.get("keras", {}).get("top1", float("nan")),
+                 "variant_top1": rows.get(o["variant"], {}).get("top1", float("nan")),
+                 "report_lines": len((run.benchmark_dir / "report.md").read_text().splitlines())}
+    result = {
+        "command": " ".join(["edgeclf scale-check", *sys.argv[2:]]),
+        "classes": o["classes"], "images_listed": report["files_listed"], "images_used": report["images_used"],
+        "skipped": report["skipped"], "skipped_by_reason": report["skipped_by_reason"],
+        "scan_seconds": report.get("scan_seconds"), "backbone": o["backbone"], "image_size": o["image_size"],
+        "epochs": o["epochs"], "variant": o["variant"], "cpu_flags": cpu_flags(),
+        "cache": (f"in memory ({mib:.0f} MiB of decoded uint8, under the {cfg['cache_limit_gb']:g} GiB limit)" if fits
+                  else f"off ({mib:.0f} MiB would exceed the {cfg['cache_limit_gb']:g} GiB limit)"),
+        "stages": stages, "pipeline": pipe, "benchmark_report": bench,
+        "pipeline_fast_enough": pipe["ratio"] >= PIPELINE_MIN_RATIO,
+    }
+    write_json(run.path / "scale_check.json", result)
+    write_text(run.path / "scale_check.md", markdown(result))
+    print(markdown(result))
+    # exit 1 from the benchmark is its gate's verdict, reported above; from export it is a failed export
+    failed = [k for k, v in stages.items() if v["exit_code"] not in ((0, 1) if k == "benchmark" else (0,))]
+    if failed or not result["pipeline_fast_enough"]:
+        raise InputError(f"scale check failed: {', '.join(failed) or 'input pipeline slower than 1.5x the step'}")
+    log(f"wrote {run.path / 'scale_check.md'}")
+    return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from train.cli import main
+
+    sys.exit(main(["scale-check", *sys.argv[1:]]))

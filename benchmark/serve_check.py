@@ -16,7 +16,6 @@ bounded in requests and seconds:
 
 Writes runs/<name>/serve_check/serve_check.{json,md,png}; exits 1 when a goal below is missed.
 """
-import argparse
 import http.client
 import io
 import json
@@ -33,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edge_runtime.errors import InputError, exit_code
+from edge_runtime.errors import InputError
 from edge_runtime.files import write_json, write_text
 from edge_runtime.timing import summarize
 
@@ -209,7 +208,7 @@ def faults(port, good, big, timeout):
           request(port, "POST", "/v1/classify", body.replace(b"--", b"", 1)[:200], "multipart/form-data")[0])
     check("multipart without a file", 400, request(port, "POST", "/v1/classify", b"", ctype)[0])
     check("oversized upload (declared)", 413, request(port, "POST", "/v1/classify", b"x" * 3_000_001, "image/jpeg")[0])
-    head = (f"POST /v1/classify HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\nTransfer-Encoding: chunked\r\n\r\n").encode()
+    head = ("POST /v1/classify HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\nTransfer-Encoding: chunked\r\n\r\n").encode()
     chunked = b"".join(b"%x\r\n" % 500_000 + b"x" * 500_000 + b"\r\n" for _ in range(7)) + b"0\r\n\r\n"
     check("oversized upload (chunked, no length)", 413, raw_exchange(port, head, chunked, then="answer", wait=30))
     check("truncated JPEG", 422, request(port, "POST", "/v1/classify", truncated, "image/jpeg")[0])
@@ -381,7 +380,7 @@ def markdown(r, machine):
 
 
 def plot(r, path):
-    from train.plots import plt, save
+    from train.shared.plots import plt, save
 
     xs = [x["concurrency"] for x in r["load"]]
     fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.6))
@@ -398,41 +397,37 @@ def plot(r, path):
     save(fig, path)
 
 
-def main(argv=None):
-    p = argparse.ArgumentParser(prog="python -m benchmark.serve_check", description=__doc__.split("\n\n")[0])
-    p.add_argument("--run", help="run folder (default: the newest finished run in runs/)")
-    p.add_argument("--requests", default="400,1000,2000", help="uploads at concurrency 1, 4 and 16 (default %(default)s)")
-    p.add_argument("--seconds", type=float, default=30.0, help="at most this long per concurrency (default 30)")
-    a = p.parse_args(argv)
+def run_command(o):
+    """`edgeclf serve-check`: options by name (train/shared/options.py)."""
+    from train.shared.options import defaults
+    from train.shared.run_folder import resolve_run
 
-    def body():
-        from train.rundir import resolve_run
+    from .report import machine
 
-        from .report import machine
-
-        try:
-            counts = tuple(int(x) for x in a.requests.split(","))
-        except ValueError:
-            counts = ()
-        if len(counts) != len(CONCURRENCY) or min(counts) < 1:
-            raise InputError(f"--requests must be {len(CONCURRENCY)} whole numbers of at least 1, got {a.requests!r}")
-        run = resolve_run(a.run)
-        r = check(run, counts, a.seconds)
-        out = run.path / "serve_check"
-        m = machine()
-        r["machine"] = m
-        write_json(out / "serve_check.json", r)
-        write_text(out / "serve_check.md", markdown(r, m))
-        plot(r, out / "serve_check.png")
-        print(markdown(r, m), flush=True)
-        if not r["passed"]:
-            print("error: serve check missed: " + "; ".join(g["goal"] for g in r["goals"] if not g["met"]), file=sys.stderr)
-            return 1
-        log(f"passed; {out / 'serve_check.md'}")
-        return 0
-
-    return exit_code(body)
+    o = {**defaults("serve-check"), **o}
+    try:
+        counts = tuple(int(x) for x in str(o["requests"]).split(","))
+    except ValueError:
+        counts = ()
+    if len(counts) != len(CONCURRENCY) or min(counts) < 1:
+        raise InputError(f"--requests must be {len(CONCURRENCY)} whole numbers of at least 1, got {o['requests']!r}")
+    run = resolve_run(o["run"])
+    r = check(run, counts, o["seconds"])
+    out = run.path / "serve_check"
+    m = machine()
+    r["machine"] = m
+    write_json(out / "serve_check.json", r)
+    write_text(out / "serve_check.md", markdown(r, m))
+    plot(r, out / "serve_check.png")
+    print(markdown(r, m), flush=True)
+    if not r["passed"]:
+        print("error: serve check missed: " + "; ".join(g["goal"] for g in r["goals"] if not g["met"]), file=sys.stderr)
+        return 1
+    log(f"passed; {out / 'serve_check.md'}")
+    return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from train.cli import main
+
+    sys.exit(main(["serve-check", *sys.argv[1:]]))

@@ -44,7 +44,7 @@ class KerasModel:
     """The run's full float32 Keras model on TensorFlow: the reference."""
 
     def __init__(self, path, threads, settings=None):
-        from train import import_tensorflow
+        from train.shared.tf_setup import import_tensorflow
 
         tf = import_tensorflow()
         tf.config.threading.set_intra_op_parallelism_threads(threads)

@@ -63,12 +63,17 @@ def _sub(sub, name, help):
 
 
 def parser(prog="python -m edge_runtime"):
-    from .timing import DEFAULTS
-    from .watch import OUTPUT
-
     p = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0] + ".",
                                 epilog=__doc__.split("\n\n")[-1], formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    add_commands(p.add_subparsers(dest="command", required=True, metavar="COMMAND"))
+    return p
+
+
+def add_commands(sub):
+    """The device's commands, added to an argparse subparsers object (this CLI's, or edgeclf's)."""
+    from .serve import Limits
+    from .timing import DEFAULTS
+    from .watch import OUTPUT
 
     s = _sub(sub, "selfcheck", "run each shipped file on the reference images and compare with the build machine")
     s.add_argument("--bundle", default=".", help="the unpacked bundle (default: the current folder)")
@@ -92,8 +97,6 @@ def parser(prog="python -m edge_runtime"):
 
     s = _sub(sub, "serve", "serve the classifier over HTTP (binds 127.0.0.1 unless told otherwise)")
     _model_options(s, threads=False)
-    from .serve import Limits
-
     d = Limits()
     s.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1; 0.0.0.0 for the network)")
     s.add_argument("--port", type=int, default=8080)
@@ -120,7 +123,8 @@ def parser(prog="python -m edge_runtime"):
     s = _sub(sub, "info", "describe a model file, or the bundle and the file it would run")
     _model_options(s)
     s.add_argument("file", nargs="?", help="a model file (same as --model)")
-    return p
+    for name, handler in COMMANDS.items():
+        sub.choices[name].set_defaults(handler=handler)
 
 
 def _classifier(args, threads=None):
@@ -250,4 +254,4 @@ COMMANDS = {"predict": cmd_predict, "selfcheck": cmd_selfcheck, "select": cmd_se
 
 def main(argv=None, prog="python -m edge_runtime"):
     args = parser(prog).parse_args(argv)
-    return exit_code(COMMANDS[args.command], args)
+    return exit_code(args.handler, args)

@@ -15,7 +15,6 @@ With the candidates go: a few of the run's test images, their pixels and each ca
 probabilities computed here (what `selfcheck` compares the device against), edge_runtime as a wheel,
 requirements.txt pinning it and everything it needs, a systemd unit for `serve`, and a README.
 """
-import argparse
 import io
 import json
 import sys
@@ -26,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from edge_runtime.classifier import LABELS, Classifier
-from edge_runtime.errors import InputError, exit_code
+from edge_runtime.errors import InputError
 from edge_runtime.files import MANIFEST, atomic_path, sha256_file
 from edge_runtime.machine import runtime_versions, signature
 
@@ -331,30 +330,26 @@ def build(run, variants=None, dist=Path("dist"), count=REFERENCE_IMAGES):
     return out
 
 
-def main(argv=None):
-    p = argparse.ArgumentParser(prog="python -m export.bundle", description=__doc__.split("\n\n")[1])
-    p.add_argument("--run", help="run folder (default: the newest finished run in runs/)")
-    p.add_argument("--variant", help="pack exactly this one exported variant (measured or not; the README says which)")
-    p.add_argument("--variants", help="comma-separated candidates instead of the default set")
-    p.add_argument("--images", type=int, default=REFERENCE_IMAGES, help="reference images (default %(default)s)")
-    p.add_argument("--dist", default="dist", help="output folder (default dist/)")
-    a = p.parse_args(argv)
+def run_command(o):
+    """`edgeclf bundle`: options by name (train/shared/options.py)."""
+    from train.shared.options import defaults
+    from train.shared.run_folder import resolve_run
 
-    def body():
-        from train.rundir import resolve_run
-        from .variants import select
+    from .variants import select
 
-        if a.variant and a.variants:
-            raise InputError("give --variant (one file) or --variants (candidates), not both")
-        if a.images < 1:
-            raise InputError(f"--images must be at least 1, got {a.images}")
-        names = [v.name for v in select(a.variants)] if a.variants else a.variant
-        if a.variant:
-            select(a.variant)
-        build(resolve_run(a.run), names, Path(a.dist), a.images)
-
-    return exit_code(body)
+    o = {**defaults("bundle"), **o}
+    if o["variant"] and o["variants"]:
+        raise InputError("give --variant (one file) or --variants (candidates), not both")
+    if o["images"] < 1:
+        raise InputError(f"--images must be at least 1, got {o['images']}")
+    names = [v.name for v in select(o["variants"])] if o["variants"] else o["variant"]
+    if o["variant"]:
+        select(o["variant"])
+    build(resolve_run(o["run"]), names, Path(o["dist"]), o["images"])
+    return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from train.cli import main
+
+    sys.exit(main(["bundle", *sys.argv[1:]]))

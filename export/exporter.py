@@ -30,21 +30,22 @@ def log(msg):
 class Context:
     """What converters need from the run, each loaded once and only when first asked for."""
 
-    def __init__(self, run, calibration_images=300, qat_epochs=None, qat_lr=1e-5, smoke_images=16, seed=0,
-                 budget=None, ranges="auto"):
+    def __init__(self, run, budget=None, **options):
+        """options: export's (train/shared/options.py), defaults for those not given."""
+        from train.shared.options import defaults
+
         from .fallback import Budget
 
         self.run = run
         self.budget = budget or Budget()
-        self.ranges = ranges  # activation ranges of the int8 files: export/ranges.py
         self.config = run.config()
+        o = {**defaults("export", bool(self.config.get("demo"))), **options}
+        self.ranges = o["ranges"]  # activation ranges of the int8 files: export/ranges.py
         self.class_names = run.class_names()
         self.data_root = run.data_root()
         self.samples = run.split()
-        self.calibration_count, self.smoke_count = calibration_images, smoke_images
-        if qat_epochs is None:
-            qat_epochs = 1 if self.config.get("demo") else 2
-        self.qat_epochs, self.qat_lr, self.seed = qat_epochs, qat_lr, seed
+        self.calibration_count, self.smoke_count = o["calibration_images"], o["smoke_images"]
+        self.qat_epochs, self.qat_lr, self.seed = o["qat_epochs"], o["qat_lr"], o["seed"]
         self.size = tuple(self.config["image_size"])
         self.log = log
         self.timings = {}  # seconds of the shared stages (model load, trace, tf2onnx), for the manifest
@@ -95,7 +96,7 @@ class Context:
 
     @cached_property
     def model(self):
-        from train import import_tensorflow
+        from train.shared.tf_setup import import_tensorflow
 
         import_tensorflow()
         from train.model import load_keras
@@ -153,7 +154,7 @@ def _tflite_metadata(path, ctx, variant, manifest):
 
 def save_traced(model, size, path):
     """The Keras model as a SavedModel with one signature: input "image", float32 raw pixels, any batch."""
-    from train import import_tensorflow
+    from train.shared.tf_setup import import_tensorflow
 
     tf = import_tensorflow()
     h, w = size
@@ -202,7 +203,7 @@ def export_run(run, variant_names=None, variants=None, **ctx_options):
     out.mkdir(parents=True, exist_ok=True)
     write_text(out / "labels.txt", "\n".join(ctx.class_names) + "\n")
     manifest = previous_manifest(out)
-    from train.fit import package_versions
+    from train.shared.versions import package_versions
 
     manifest.update({
         "run": run.path.name,  # the run's name: the manifest travels to devices, the builder's paths do not

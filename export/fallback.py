@@ -33,18 +33,21 @@ from pathlib import Path
 import numpy as np
 
 from edge_runtime.classifier import Classifier
-from train.metrics import PARITY, parity_misses
+from train.shared.metrics import parity_misses
+from train.shared.options import defaults
+
+_OPTION = defaults("export")
 
 PATIENCE = 8  # the single-op search stops after this many ops in a row that did not help
 
 
 @dataclass
 class Budget:
-    max_drop: float = PARITY["max_drop"]
-    min_agreement: float = PARITY["min_agreement"]
-    cap: float = 0.25  # at most this share of the candidate ops stays float
-    enabled: bool = True
-    seconds: float = 180.0  # the single-op search runs only if its ranking should take no longer
+    max_drop: float = _OPTION["max_drop"]
+    min_agreement: float = _OPTION["min_agreement"]
+    cap: float = _OPTION["fallback_cap"]  # at most this share of the candidate ops stays float
+    enabled: bool = _OPTION["fallback"]
+    seconds: float = _OPTION["fallback_seconds"]  # the single-op search runs only if its ranking should take no longer
 
     def misses(self, m):
         """Why validation metrics `m` miss the budget (empty when they hold it)."""

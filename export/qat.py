@@ -13,7 +13,7 @@ import time
 
 import numpy as np
 
-from train import import_tensorflow
+from train.shared.tf_setup import import_tensorflow
 
 import_tensorflow()  # quietly, before tfmot loads it
 import tensorflow_model_optimization as tfmot  # noqa: E402

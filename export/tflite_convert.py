@@ -5,7 +5,7 @@ TensorFlow is imported inside each converter so the variant table stays cheap to
 
 
 def _tf():
-    from train import import_tensorflow
+    from train.shared.tf_setup import import_tensorflow
 
     return import_tensorflow()  # quietly: TensorFlow's start-up chatter stays off the terminal
 
@@ -99,7 +99,7 @@ def int8(ctx, path):
         # logits span -79..41, a step of 0.47 that alone flipped 8% of near-tie predictions (Leeds).
         # In float it reads the same int8 logits when the dense layer is quantized, and float logits
         # when the fallback keeps that layer float; it costs one dequantize of a few numbers.
-        from train import quiet_fds
+        from train.shared.tf_setup import quiet_fds
 
         with quiet_fds():  # it prints "fully_quantize: 0, inference_type: 6, ..." on every call
             flatbuffer = mlir_quantize(model, input_data_type=tf.uint8, output_data_type=tf.uint8,

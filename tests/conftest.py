@@ -55,9 +55,9 @@ def assert_one_line_error(proc, *fragments):
 
 
 # The real ImageNet MobileNet from ../shared: the tiny run then also proves transfer learning works.
-TINY_ARGS = ["--backbone", "mobilenet", "--alpha", "0.25", "--weights", str(MOBILENET_WEIGHTS), "--image-size", "64",
-             "--epochs-head", "3", "--epochs-finetune", "2", "--lr", "0.01", "--lr-finetune", "0.0001", "--batch-size", "8",
-             "--augment", "0.2"]
+TINY = {"backbone": "mobilenet", "alpha": 0.25, "weights": str(MOBILENET_WEIGHTS), "image_size": "64", "epochs_head": 3,
+        "epochs_finetune": 2, "lr": 0.01, "lr_finetune": 0.0001, "batch_size": 8, "augment": 0.2}
+TINY_ARGS = [a for k, v in TINY.items() for a in ("--" + k.replace("_", "-"), str(v))]
 
 
 @pytest.fixture(scope="session")
@@ -67,20 +67,22 @@ def tiny_data(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory, tiny_data):
-    """A finished training run of a small MobileNet at 32 px: the model later tests export and serve."""
-    from train.__main__ import main
-    run = tmp_path_factory.mktemp("runs") / "tiny"
-    assert main(["--data", str(tiny_data), "--run", str(run), *TINY_ARGS]) == 0
-    from train.rundir import Run
-    return Run(run)
+    """A finished training run of a small MobileNet at 64 px, trained through the Python API: the model later
+    tests export and serve."""
+    import train
+
+    result = train.train(data=str(tiny_data), run=str(tmp_path_factory.mktemp("runs") / "tiny"), **TINY)
+    assert result.run.finished and result.metrics["test"]["top1"] > 0
+    return result.run
 
 
 @pytest.fixture(scope="session")
 def tiny_export(tiny_run):
-    """Every export variant of the tiny run."""
-    from export.exporter import export_run
-    manifest, failed = export_run(tiny_run, calibration_images=20, qat_epochs=1, smoke_images=8)
-    assert failed == [], manifest
+    """Every export variant of the tiny run, exported through the Python API."""
+    import export
+
+    result = export.export(tiny_run.path, calibration_images=20, qat_epochs=1, smoke_images=8)
+    assert result.ok, result.manifest
     return tiny_run
 
 

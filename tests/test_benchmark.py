@@ -9,7 +9,7 @@ import pytest
 from benchmark.evaluate import accuracy, gate
 from edge_runtime.timing import summarize
 from conftest import assert_one_line_error, run_cli
-from train.metrics import agreement, classification_metrics, top_k_accuracy
+from train.shared.metrics import agreement, classification_metrics, top_k_accuracy
 
 FAST = ["--min-runs", "3", "--min-seconds", "0", "--warmup", "1", "--batch", "4"]
 
@@ -127,7 +127,7 @@ def test_benchmark_reports_every_variant(tiny_export):
 @pytest.fixture
 def run_copy(tiny_export, tmp_path):
     """A copy of the tiny run with its own copy of the images, safe to break."""
-    from train.rundir import Run
+    from train.shared.run_folder import Run
 
     dst = Run(tmp_path / "run")
     shutil.copytree(tiny_export.path, dst.path)
@@ -230,7 +230,7 @@ def _measured(name, p50, top1, size, fmt="tflite", agreement=1.0):
 
 def test_point_labels_never_overlap():
     from benchmark.report import _place_labels, _text_box
-    from train.plots import plt
+    from train.shared.plots import plt
 
     rows = [_measured(f"variant-{i}", 4.0 + 0.01 * i, 0.95, 90.0) for i in range(7)]  # seven points on one spot
     fig, ax = plt.subplots(figsize=(8, 5.5))

@@ -15,7 +15,7 @@ def test_bundle_holds_the_model_the_runtime_wheel_references_and_only_its_requir
     import shutil
     import zipfile
 
-    from train.rundir import Run
+    from train.shared.run_folder import Run
 
     run = Run(tmp_path / tiny_export.path.name)  # without whatever benchmark another test ran
     shutil.copytree(tiny_export.path, run.path, ignore=shutil.ignore_patterns("benchmark"))

@@ -8,13 +8,11 @@ import sys
 import tarfile
 import threading
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
 
-from conftest import COLOURS, REPO, assert_one_line_error, make_image, run_cli
+from conftest import COLOURS, REPO, assert_one_line_error, make_image
 from edge_runtime.classifier import Classifier
 from edge_runtime.files import sha256_file, write_json
 from edge_runtime.preprocess import contract, load_pixels

@@ -99,7 +99,7 @@ def test_a_failing_converter_leaves_the_others_and_the_manifest_consistent(tiny_
 def test_a_variant_that_never_worked_is_marked_failed(tiny_run, tmp_path):
     import shutil
     from export.exporter import export_run
-    from train.rundir import Run
+    from train.shared.run_folder import Run
 
     run = Run(tmp_path / "copy")
     shutil.copytree(tiny_run.path, run.path, ignore=shutil.ignore_patterns("export", "checkpoints", "logs"))

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from export.fallback import Budget
-from train.metrics import mcnemar_p, paired_delta_interval, parity_misses, wilson_interval
+from train.shared.metrics import mcnemar_p, paired_delta_interval, parity_misses, wilson_interval
 
 SIZE = 8
 
@@ -232,7 +232,7 @@ def test_tflite_ranges_match_the_calibrator_only_narrow_and_always_hold_zero():
     from tensorflow.lite.python import schema_py_generated as schema
 
     from export import tflite_ranges
-    from train import import_tensorflow
+    from train.shared.tf_setup import import_tensorflow
 
     tf = import_tensorflow()
     model = outlier_model()
@@ -268,7 +268,7 @@ def test_tflite_ranges_of_a_residual_branch_are_its_own_not_the_sums():
     from tensorflow.lite.python import schema_py_generated as schema
 
     from export import tflite_ranges
-    from train import import_tensorflow
+    from train.shared.tf_setup import import_tensorflow
 
     tf = import_tensorflow()
     inp = keras.Input((SIZE, SIZE, 3), name="image")

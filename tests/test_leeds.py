@@ -5,7 +5,7 @@ import json
 import pytest
 
 from conftest import LEEDS, MOBILENET_WEIGHTS, REPO, run_cli
-from train.rundir import Run
+from train.shared.run_folder import Run
 
 # Measured with `python -m train.ablation` (README): the default recipe at 224 px gives test top-1
 # 0.987 ± 0.005 over seeds 0, 1, 2 (0.984, 0.984, 0.992; 125 test images each). The floor sits more than

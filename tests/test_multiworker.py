@@ -9,8 +9,8 @@ import time
 
 import pytest
 
-from conftest import MOBILENET_WEIGHTS, REPO, TINY_ARGS
-from train.rundir import Run
+from conftest import REPO, TINY_ARGS
+from train.shared.run_folder import Run
 
 pytestmark = pytest.mark.slow
 

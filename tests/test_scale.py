@@ -7,7 +7,7 @@ from PIL import Image
 
 from benchmark.report import ceiling_section, cpu_flags, int8_ceiling, per_class_sections
 from train.data import cache_in_memory, decoded_bytes
-from train.metrics import MATRIX_LIMIT, classification_metrics, most_confused, worst_recall
+from train.shared.metrics import MATRIX_LIMIT, classification_metrics, most_confused, worst_recall
 
 
 def many_class_metrics(n=300, seed=0):
@@ -46,7 +46,7 @@ def test_a_300_class_report_shows_worst_classes_and_confused_pairs_not_300_rows(
 
 
 def test_a_300_class_confusion_figure_is_bar_charts_of_a_readable_size(tmp_path):
-    from train.plots import confusion_matrices
+    from train.shared.plots import confusion_matrices
 
     names, m = many_class_metrics()
     out = tmp_path / "cm.png"

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from conftest import MOBILENET_WEIGHTS, TINY_ARGS, assert_one_line_error, run_cli
-from train.rundir import Run
+from train.shared.run_folder import Run
 
 
 def test_run_folder_holds_everything_later_stages_need(tiny_run):
@@ -217,8 +217,8 @@ def test_demo_leaves_out_mirror_images_and_user_data_keeps_them():
     from train import config
     from train.augment import augmenter
 
-    demo = config.resolve(config.parser().parse_args([]), demo=True)
-    data = config.resolve(config.parser().parse_args(["--data", "x"]), demo=False)
+    demo = config.resolve({}, demo=True)
+    data = config.resolve({"data": "x"}, demo=False)
     assert demo["flip"] is False and data["flip"] is True
     names = lambda aug: [type(l).__name__ for l in aug.layers]  # noqa: E731
     assert "RandomFlip" not in names(augmenter(1.0, flip=False)) and "RandomFlip" in names(augmenter(1.0, flip=True))

@@ -2,9 +2,9 @@
 
 Importing this package sets TensorFlow's environment for the whole project (export and
 benchmark import it too): Keras 2 through tf_keras, and quiet start-up on machines without a GPU.
+`train/shared/` holds what every stage uses (the run folder, metrics, plots, options, progress).
 """
 import os
-import sys
 
 # tensorflow-model-optimization needs Keras 2 (tf_keras); this must precede any TF import.
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
@@ -15,42 +15,17 @@ if not os.path.exists("/dev/nvidia0") and not os.path.exists("/dev/nvidiactl"):
     os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 
 
-class quiet_fds:
-    """Keep C++ chatter written straight to file descriptors (1 and 2 by default), not through Python,
-    off the terminal; they are restored on the way out, also when the block raises."""
+def train(**options):
+    """Fine-tune a backbone on a folder of labelled images into a run folder; returns a TrainResult.
 
-    def __init__(self, *fds):
-        self.fds = fds or (1, 2)
+    The keywords are the options of `edgeclf train` (train/shared/options.py; `edgeclf train --help`), e.g.
+    train(data="photos/", backbone="mobilenet", image_size=224, weights="mobilenet.h5", run="runs/photos").
+    config="recipe.toml" (or a run's config.json) supplies options the keywords do not. Without data,
+    the built-in demo dataset. Bad input raises edge_runtime.InputError with a one-line message.
+    """
+    from .fit import train as fit
+    from .shared.options import collect
+    from .shared.results import TrainResult
 
-    def __enter__(self):
-        sys.stdout.flush()
-        sys.stderr.flush()
-        self.saved = [os.dup(fd) for fd in self.fds]
-        null = os.open(os.devnull, os.O_WRONLY)
-        for fd in self.fds:
-            os.dup2(null, fd)
-        os.close(null)
-        return self
-
-    def __exit__(self, *exc):
-        for fd, saved in zip(self.fds, self.saved):
-            os.dup2(saved, fd)
-            os.close(saved)
-        return False
-
-
-def import_tensorflow():
-    """TensorFlow, imported with its C++ start-up chatter (written to fd 2 before its logging is
-    configured) kept off the terminal. A failing import still raises, after stderr is restored."""
-    if "tensorflow" in sys.modules:
-        return sys.modules["tensorflow"]
-    with quiet_fds(2):
-        import tensorflow as tf
-        tf.config.list_physical_devices("GPU")  # the CUDA probe, also chatty, while stderr is quiet
-    return tf
-
-
-def device_summary():
-    tf = import_tensorflow()
-    gpus = tf.config.list_physical_devices("GPU")
-    return f"{len(gpus)} GPU(s): {', '.join(g.name for g in gpus)}" if gpus else "the CPU (no GPU found)"
+    config = options.pop("config", None)
+    return TrainResult(fit(collect("train", options, config)))

@@ -25,7 +25,7 @@ def augmenter(strength, seed=0, flip=True):
 
 def preview(images, strength, path, per_image=5, seed=0, flip=True):
     """A PNG grid: each row an original image then `per_image` augmented versions."""
-    from .plots import plt, save
+    from .shared.plots import plt, save
 
     aug = augmenter(strength, seed, flip)
     images = np.asarray(images, np.float32)

@@ -8,7 +8,6 @@ import csv
 import random
 from collections import Counter, defaultdict
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -17,15 +16,8 @@ from edge_runtime.errors import InputError
 from edge_runtime.files import sha256_file
 from edge_runtime.preprocess import decode
 
-SUBSETS = ("train", "val", "test")
+from .shared.split import SUBSETS, Sample  # noqa: F401  (the dataset is a list of Samples)
 
-
-@dataclass
-class Sample:
-    path: str  # relative to the data root, with forward slashes
-    label: str
-    sha256: str = ""
-    subset: str = ""  # train, val, test, or unused (dropped by undersampling)
 
 
 def _check_image(path):
@@ -193,27 +185,6 @@ def class_weights(train_labels, num_classes):
     w = compute_class_weight("balanced", classes=present, y=y)
     weights = {int(c): float(v) for c, v in zip(present, w)}
     return {i: weights.get(i, 1.0) for i in range(num_classes)}
-
-
-def write_split(path, samples):
-    from edge_runtime.files import atomic_path
-
-    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["path", "label", "subset", "sha256"])
-        for s in sorted(samples, key=lambda s: (SUBSETS.index(s.subset) if s.subset in SUBSETS else 3, s.label, s.path)):
-            w.writerow([s.path, s.label, s.subset, s.sha256])
-
-
-def read_split(path):
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"split file {path} is missing")
-    with open(path, newline="") as f:
-        rows = list(csv.DictReader(f))
-    if not rows or set(rows[0]) != {"path", "label", "subset", "sha256"}:
-        raise InputError(f"split file {path} is not a split written by train")
-    return [Sample(r["path"], r["label"], r["sha256"], r["subset"]) for r in rows]
 
 
 def decoded_bytes(n_images, size):

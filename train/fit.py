@@ -16,9 +16,10 @@ from edge_runtime.preprocess import contract
 
 from . import data as D
 from .config import RESUME_KEYS, resolve
-from .rundir import RUNS_DIR, Run
+from .shared.run_folder import RUNS_DIR, Run
+from .shared.split import write_split
+from .shared.versions import package_versions
 
-VERSIONED = ("tensorflow", "tf-keras", "tensorflow-model-optimization", "numpy", "scikit-learn", "Pillow")
 
 
 def log(msg):
@@ -27,19 +28,6 @@ def log(msg):
 
 def _worker_tag():
     return "" if is_chief() else f" worker {tf_config()['task'].get('index', 0)}"
-
-
-def package_versions(names=VERSIONED):
-    from importlib.metadata import PackageNotFoundError, version
-
-    out = {}
-    for n in names:
-        try:
-            out[n] = version(n)
-        except PackageNotFoundError:
-            out[n] = None
-    out["python"] = sys.version.split()[0]
-    return out
 
 
 # ---------------------------------------------------------------- run folder
@@ -202,23 +190,25 @@ def is_chief():
                                                     and "chief" not in conf.get("cluster", {}))
 
 
-def train(args):
-    """Entry point for `python -m train`: returns the finished Run."""
-    demo = not args.data
-    if args.csv and not args.data:
+def train(options):
+    """Train one run from explicit options (names of train/shared/options.py); returns the finished Run."""
+    options = dict(options)
+    demo = not options.get("data")
+    if options.get("csv") and demo:
         raise InputError("--csv needs --data, the folder its filenames are relative to")
     if demo:
         from .demo import make_demo
-        args.data = str(make_demo(Path("data") / "demo-digits", seed=0))
-        log(f"no --data given: using the built-in demo dataset in {args.data}")
-    cfg = resolve(args, demo)
-    cfg["data_root"] = str(Path(args.data).resolve())
-    cfg["csv"] = str(Path(args.csv).resolve()) if args.csv else None
+        options["data"] = str(make_demo(Path("data") / "demo-digits", seed=0))
+        log(f"no --data given: using the built-in demo dataset in {options['data']}")
+    cfg = resolve(options, demo)
+    cfg["data_root"] = str(Path(cfg.pop("data")).resolve())
+    cfg["csv"] = str(Path(cfg["csv"]).resolve()) if cfg["csv"] else None
+    run_arg, overwrite = cfg.pop("run"), bool(options.get("overwrite"))
     multiworker = bool(os.environ.get("TF_CONFIG"))
-    if multiworker and not args.run:
+    if multiworker and not run_arg:
         raise InputError("a multi-worker run (TF_CONFIG is set) needs --run, the same folder on every worker")
     chief = is_chief()
-    run, resuming = choose_run(cfg, args.run, args.overwrite) if chief else worker_run(cfg, args.run, args.overwrite)
+    run, resuming = choose_run(cfg, run_arg, overwrite) if chief else worker_run(cfg, run_arg, overwrite)
 
     if resuming:
         state = run.state()
@@ -241,7 +231,7 @@ def train(args):
             command=" ".join(sys.argv),
         )
         write_json(run.data_report, report)
-        D.write_split(run.split_file, samples)
+        write_split(run.split_file, samples)
         write_text(run.labels, "\n".join(class_names) + "\n")
         write_json(run.config_file, cfg)
         state = {"status": "training", "phase": 1, "epoch": 0, "phase_complete": False, "history": []}
@@ -250,7 +240,7 @@ def train(args):
         log(f"{used} images in {len(class_names)} classes ({report['skipped']} skipped: {report['skipped_by_reason'] or 'none'}); "
             f"split train/val/test = {sum(report['split']['train'].values())}/{sum(report['split']['val'].values())}/"
             f"{sum(report['split']['test'].values())}")
-    log(f"run folder: {run.path}" if chief else f"scratch folder (the chief writes {args.run}): {run.path}")
+    log(f"run folder: {run.path}" if chief else f"scratch folder (the chief writes {run_arg}): {run.path}")
     if cfg.get("logical_cpus", 0) > 1 or cfg.get("strategy") == "multiworker" or os.environ.get("TF_CONFIG"):
         # Several CPU replicas: the last, partial batch leaves one replica an empty batch, and oneDNN's
         # depthwise kernels on AVX-512 machines then fail ("input depth must be evenly divisible by filter
@@ -261,11 +251,11 @@ def train(args):
     finally:
         if not chief:
             shutil.rmtree(run.path.parent, ignore_errors=True)
-    return Run(args.run) if not chief else run
+    return Run(run_arg) if not chief else run
 
 
 def _fit_and_finish(run, cfg, samples, class_names, state):
-    from . import device_summary, import_tensorflow
+    from .shared.tf_setup import device_summary, import_tensorflow
 
     tf = import_tensorflow()
     log(f"training runs on {device_summary()}")
@@ -416,9 +406,9 @@ def _probe_phase(model, cfg, store, state, root, subset, index, class_weight, nu
 
 
 def _finish(run, cfg, model, subset, index, class_names, state):
-    from .metrics import classification_metrics
+    from .shared.metrics import classification_metrics
     from .pipeline import dataset, labels_of
-    from .plots import confusion_matrices, training_curves
+    from .shared.plots import confusion_matrices, training_curves
 
     import tf_keras as keras
 

@@ -9,7 +9,7 @@ import numpy as np
 
 from edge_runtime.errors import InputError
 
-from .data import read_split
+from .split import read_split
 
 RUNS_DIR = Path("runs")
 

@@ -1,0 +1,295 @@
+"""Every option of every host command, with its default and help, defined once.
+
+The command line (`edgeclf COMMAND`), the Python API (`train.train(**options)` and co.), recipe files
+(`--config`) and the Makefile's variables all read these definitions, and each `--help` is generated
+from them, so a default cannot say one thing in the help and do another. The device's commands
+(`edge_runtime/cli.py`) keep their own, since edge_runtime imports nothing from here.
+"""
+import argparse
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from edge_runtime.errors import InputError
+from edge_runtime.timing import DEFAULTS as TIMING
+
+from .metrics import PARITY
+
+
+class _NotSet:
+    def __repr__(self):
+        return "NOTSET"
+
+
+NOTSET = _NotSet()
+
+
+@dataclass(frozen=True)
+class Option:
+    name: str  # the Python keyword; the flag is --name-with-dashes unless `flag` says otherwise
+    default: object = None
+    help: str = ""
+    type: object = None
+    choices: tuple = None
+    action: str = None  # "store_true", "store_false" (flag turns it off) or "bool" (--x / --no-x)
+    flag: str = None
+    demo: object = NOTSET  # the default with the built-in demo dataset (train), where it differs
+    metavar: str = None
+    group: str = None
+    make: str = None  # the Makefile variable that sets it
+    hidden: bool = False
+
+    @property
+    def flags(self):
+        return [self.flag or "--" + self.name.replace("_", "-")]
+
+    def default_text(self):
+        """How --help states the default: the one the code uses, and the demo's where it differs."""
+        if self.action in ("store_true", "store_false"):
+            return None
+        shown = _show(self.default)
+        if self.demo is not NOTSET:
+            return f"default {shown}; demo {_show(self.demo)}"
+        return None if self.default is None else f"default {shown}"
+
+
+def _show(v):
+    if v is None:
+        return "none"
+    if isinstance(v, bool):
+        return "on" if v else "off"
+    return str(v)
+
+
+def O(*args, **kw):  # noqa: N802  (reads as a table below)
+    return Option(*args, **kw)
+
+
+# ---------------------------------------------------------------------------------------- train
+TRAIN = (
+    O("data", None, "class-per-folder image tree, or the image root for --csv (default: the built-in demo "
+      "dataset, scikit-learn's digits written as 32 px PNGs)", group="data", make="DATA"),
+    O("csv", None, "CSV of filename,label; filenames relative to --data", group="data", make="CSV"),
+    O("val_frac", 0.15, "share of each class for validation", type=float, group="data"),
+    O("test_frac", 0.15, "share of each class for the test split", type=float, group="data"),
+    O("max_per_class", 0, "undersample: cap images per class in the training split (0: no cap)", type=int,
+      group="data", make="MAX_PER_CLASS"),
+    O("use_class_weights", True, "do not weight the loss by class frequency", action="store_false",
+      flag="--no-class-weights", group="data"),
+    O("augment", 1.0, "augmentation strength, 0 turns it off", type=float, demo=0.0, group="data", make="AUGMENT"),
+    O("flip", True, "random horizontal flips while augmenting (a mirrored digit is no digit)", action="bool",
+      demo=False, group="data"),
+    O("backbone", "resnet50", "keras.applications backbone", choices=("efficientnet_b0", "mobilenet", "mobilenet_v2",
+                                                                       "resnet50"), group="model", make="BACKBONE"),
+    O("weights", "imagenet", "imagenet (downloads), none, or a local .h5 file of backbone weights (no top)",
+      demo="none", group="model", make="WEIGHTS"),
+    O("alpha", 1.0, "width multiplier for mobilenet and mobilenet_v2", type=float, group="model", make="ALPHA"),
+    O("image_size", "224", "input size: N or HxW, 32 and up", demo="32", group="model", make="IMG_SIZE"),
+    O("dropout", 0.2, "dropout before the head", type=float, group="model"),
+    O("epochs", None, "epochs per phase (sets both phases unless given apart)", type=int, group="training", make="EPOCHS"),
+    O("head", "probe", "phase 1 with pretrained weights: probe fits the head to convergence on cached backbone "
+      "features (a logistic regression, C chosen on the validation split); sgd trains it for --epochs-head epochs",
+      choices=("probe", "sgd"), group="training"),
+    O("epochs_head", 10, "phase 1 epochs with --head sgd or random weights; 0 skips phase 1", type=int, demo=15,
+      group="training", make="EPOCHS_HEAD"),
+    O("epochs_finetune", 10, "phase 2 epochs (deeper layers unfrozen); 0 skips phase 2", type=int, demo=3,
+      group="training", make="EPOCHS_FINETUNE"),
+    O("batch_size", 32, "global batch size", type=int, group="training", make="BATCH"),
+    O("lr", 1e-3, "phase 1 learning rate", type=float, group="training"),
+    O("lr_finetune", 1e-4, "phase 2 learning rate", type=float, group="training"),
+    O("schedule", "plateau", "learning rate per phase: plateau cuts it 0.3x when validation stalls; cosine warms "
+      "up for --warmup-epochs then decays to 1%% by the phase's last epoch", choices=("plateau", "cosine"),
+      group="training"),
+    O("warmup_epochs", 0, "linear warm-up epochs at the start of each phase", type=int, demo=3, group="training"),
+    O("clip_norm", 0.0, "clip the gradient's global norm to this (0: off)", type=float, demo=1.0, group="training"),
+    O("unfreeze_from", None, "phase 2 trains from the first layer whose name starts with this (default: per "
+      "backbone, conv5_block1 for resnet50, conv_dw_8 for mobilenet)", group="training", make="UNFREEZE_FROM"),
+    O("unfreeze_layers", None, "phase 2 trains the last N backbone layers instead", type=int, group="training",
+      make="UNFREEZE_LAYERS"),
+    O("train_bn", None, "let BatchNorm layers train in phase 2 (default: frozen; trained when --weights none)",
+      action="bool", group="training"),
+    O("patience", 4, "early stopping patience in epochs", type=int, demo=8, group="training"),
+    O("lr_patience", 2, "epochs without improvement before the learning rate is cut", type=int, demo=4,
+      group="training"),
+    O("seed", 0, "seed of the split, shuffling and initialisation", type=int, group="training", make="SEED"),
+    O("mixed_precision", False, "mixed_float16 compute (GPU), float32 softmax", action="store_true", group="hardware",
+      make="MIXED_PRECISION"),
+    O("xla", False, "compile the training step with XLA", action="store_true", group="hardware", make="XLA"),
+    O("strategy", "auto", "auto: MirroredStrategy on several GPUs, MultiWorkerMirroredStrategy when TF_CONFIG is set",
+      choices=("auto", "none", "mirrored", "multiworker"), group="hardware"),
+    O("cache_limit_gb", 2.0, "keep decoded training and validation pixels in memory up to this size; above it, "
+      "decode them again every epoch", type=float, group="hardware"),
+    O("logical_cpus", 0, "tests: mirror over N logical CPUs", type=int, group="hardware", hidden=True),
+    O("run", None, "run folder (default: runs/<data>-<backbone>, numbered if taken)", group="run folder", make="RUN"),
+    O("overwrite", False, "replace a finished run of the same name", action="store_true", group="run folder",
+      make="OVERWRITE"),
+)
+
+# ------------------------------------------------------------------ the parity budget, export and benchmark
+PARITY_OPTIONS = (
+    O("max_drop", PARITY["max_drop"], "largest allowed top-1 drop against the Keras model, in points; export's "
+      "fallback aims at it on the validation split, the benchmark's gate checks it on the test split",
+      type=float, group="parity budget", make="MAX_DROP"),
+    O("min_agreement", PARITY["min_agreement"], "smallest allowed share of images on which a variant predicts its "
+      "reference model's class; the fallback's aim and the gate's check", type=float, group="parity budget",
+      make="MIN_AGREEMENT"),
+)
+
+RUN = O("run", None, "run folder (default: the newest finished run in runs/)", make="RUN")
+VARIANTS = O("variants", None, "comma-separated subset of the exported variants (default: all)", make="VARIANTS")
+
+EXPORT = (
+    RUN, VARIANTS,
+    O("calibration_images", 300, "representative images for int8 (or the whole training split if smaller)",
+      type=int, make="CALIB"),
+    O("qat_epochs", 2, "quantization-aware fine-tuning epochs", type=int, demo=1, make="QAT_EPOCHS"),
+    O("qat_lr", 1e-5, "quantization-aware fine-tuning learning rate", type=float),
+    O("seed", 0, "seed of the calibration images' draw from the training split", type=int),
+    O("smoke_images", 16, "validation images compared with the Keras model after each conversion", type=int),
+    O("ranges", "auto", "activation ranges of tflite-int8 and onnx-int8: the calibrator's min/max, or a percentile "
+      "of the activations from FROM (a share of the ops) on; auto: min/max when it meets the parity budget on the "
+      "validation split, else the best there of p99.99 and of p99.9 from 0, 0.25, 0.5 and 0.75 of the ops on",
+      metavar="auto|minmax|p99.99|p99.9[@FROM]"),
+    *PARITY_OPTIONS,
+    O("fallback", True, "quantize every op, even when the variant misses the parity budget", action="store_false",
+      flag="--no-fallback", group="accuracy-aware fallback"),
+    O("fallback_seconds", 180.0, "run the single-op search (after the float tail) only if ranking the ops should "
+      "take at most this long (about one quantization per op)", type=float, group="accuracy-aware fallback"),
+    O("fallback_cap", 0.25, "at most this share of the candidate ops stays float", type=float,
+      group="accuracy-aware fallback"),
+)
+
+BENCHMARK = (
+    RUN, VARIANTS, *PARITY_OPTIONS,
+    O("enforce", True, "report parity failures without failing", action="store_false", flag="--no-gate"),
+    O("tune", True, "measure with the runtime libraries' default settings instead of trying each (XNNPACK on/off, "
+      "ONNX Runtime graph optimization level) and keeping this machine's fastest", action="store_false",
+      flag="--no-tune"),
+    O("threads", None, "the 'all cores' thread count (default: the cores this process may use)", type=int,
+      group="timing"),
+    O("batch", 16, "batch size for accuracy and throughput", type=int, group="timing"),
+    O("warmup", TIMING["warmup"], "untimed calls before timing", type=int, group="timing"),
+    O("min_runs", TIMING["min_runs"], "timed calls per latency figure, at least", type=int, group="timing"),
+    O("min_seconds", TIMING["min_seconds"], "and at least this long", type=float, group="timing"),
+    O("ci", TIMING["ci"], "then stop once the median's 95%% interval is within this fraction of it", type=float,
+      group="timing"),
+    O("max_seconds", TIMING["max_seconds"], "but no longer than this per figure", type=float, group="timing"),
+)
+
+BUNDLE = (
+    RUN,
+    O("variant", None, "pack exactly this one exported variant (measured or not; the bundle README says which)",
+      make="VARIANT"),
+    O("variants", None, "comma-separated candidates instead of the default set (the full-integer files and one float "
+      "file that passed the gate)", make="CANDIDATES"),
+    O("images", 8, "reference images for the device's selfcheck", type=int),
+    O("dist", "dist", "output folder"),
+)
+
+PI_CHECK = (
+    RUN,
+    O("variant", None, "check a bundle of this one variant (default: the default candidates)", make="VARIANT"),
+    O("dist", "dist", "where the bundle is written"),
+    O("cache", None, "emulated userland and aarch64 packages (default ~/.cache/edgeclf/pi)"),
+)
+
+SERVE_CHECK = (
+    RUN,
+    O("requests", "400,1000,2000", "uploads at concurrency 1, 4 and 16"),
+    O("seconds", 30.0, "at most this long per concurrency", type=float),
+)
+
+SCALE_CHECK = (
+    O("classes", 300, "classes of the generated dataset", type=int),
+    O("per_class", 67, "images per class (67: 20,100 images with 300 classes)", type=int),
+    O("data", None, "dataset folder (default data/scale-<classes>x<per-class>)"),
+    O("run", "runs/scale-check", "this check's own run folder, replaced on each check"),
+    O("backbone", "resnet50", "backbone to train"),
+    O("image_size", 32, "input size", type=int),
+    O("epochs", 1, "epochs of phase 1", type=int),
+    O("batch_size", 64, "batch size", type=int),
+    O("variant", "tflite-int8", "the one variant exported and benchmarked"),
+)
+
+COMMANDS = {"train": TRAIN, "export": EXPORT, "benchmark": BENCHMARK, "bundle": BUNDLE, "pi-check": PI_CHECK,
+            "serve-check": SERVE_CHECK, "scale-check": SCALE_CHECK}
+
+
+def by_name(command):
+    return {o.name: o for o in COMMANDS[command]}
+
+
+def defaults(command, demo=False):
+    """{name: default} of a command's options (the demo's defaults where they differ and demo is set)."""
+    return {o.name: (o.demo if demo and o.demo is not NOTSET else o.default) for o in COMMANDS[command]}
+
+
+# ---------------------------------------------------------------------------------------- argparse
+def add_options(parser, command):
+    """Add a command's options to an argparse parser, grouped, with generated help. Defaults are left out
+    of the namespace (argparse.SUPPRESS), so `given()` tells what was on the command line."""
+    groups = {}
+    for o in COMMANDS[command]:
+        target = parser
+        if o.group:
+            target = groups.setdefault(o.group, parser.add_argument_group(o.group))
+        text = argparse.SUPPRESS if o.hidden else o.help + (f" ({o.default_text()})" if o.default_text() else "")
+        kw = {"dest": o.name, "default": argparse.SUPPRESS, "help": text}
+        if o.action == "bool":
+            kw["action"] = argparse.BooleanOptionalAction
+        elif o.action:
+            kw["action"] = o.action
+        else:
+            kw.update(type=o.type or str, choices=o.choices, metavar=o.metavar)
+        target.add_argument(*o.flags, **{k: v for k, v in kw.items() if v is not None})
+    parser.add_argument("--config", metavar="FILE", default=argparse.SUPPRESS,
+                        help="a recipe: TOML or JSON of these options (a run's config.json is one); flags override it")
+
+
+def given(namespace, command):
+    """The options set on the command line, by name."""
+    names = by_name(command)
+    return {k: v for k, v in vars(namespace).items() if k in names}
+
+
+# A run's config.json records these besides the options; a recipe may hold them, and they are not options.
+RECORDED = {"classes", "class_weights", "preprocessing", "versions", "started_at", "command", "demo", "precision"}
+RENAMED = {"data_root": "data"}  # config.json's name -> the option's
+
+
+def read_config(path, command):
+    """The options a recipe file sets for `command`: TOML or JSON, flat, or with a table named after it."""
+    import tomllib
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"--config {path}: no such file")
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8")) if path.suffix.lower() == ".toml" else json.loads(
+            path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as e:
+        raise InputError(f"--config {path}: not valid {'TOML' if path.suffix.lower() == '.toml' else 'JSON'} ({e})") from None
+    if not isinstance(raw, dict):
+        raise InputError(f"--config {path}: expected a table of options")
+    table = raw.get(command) if isinstance(raw.get(command), dict) else raw
+    if "started_at" in table:  # a run's own config.json: its folder and the data as typed are records, not a recipe
+        table = {k: v for k, v in table.items() if k not in ("run", "data")}
+    names, out = by_name(command), {}
+    for key, value in table.items():
+        key = RENAMED.get(key, key)
+        if key in names:
+            out[key] = value
+        elif key not in RECORDED and key not in COMMANDS:
+            raise InputError(f"--config {path}: {key!r} is not an option of {command} (known: {', '.join(sorted(names))})")
+    if isinstance(out.get("image_size"), list):  # config.json records the resolved [height, width]
+        out["image_size"] = "x".join(str(v) for v in out["image_size"])
+    return out
+
+
+def collect(command, options, config=None):
+    """Explicit options: the recipe's, overridden by those given; unknown names are an error."""
+    names = by_name(command)
+    unknown = sorted(set(options) - set(names))
+    if unknown:
+        raise InputError(f"{command}: unknown option {unknown[0]!r} (known: {', '.join(sorted(names))})")
+    return {**(read_config(config, command) if config else {}), **options}
