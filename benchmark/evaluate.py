@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 import tempfile
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +21,6 @@ from train.shared.metrics import (PARITY, agreement, classification_metrics, mcn
 from edge_runtime.timing import DEFAULTS as TIMING_DEFAULTS
 
 REFERENCE = "keras"
-REPO = Path(__file__).resolve().parent.parent
 
 
 def log(msg):
@@ -100,12 +100,27 @@ def mobile_pixels(paths, size):
     return np.stack([mobile_resize(np.asarray(decode(p)), size) for p in paths])
 
 
+@dataclass
+class Target:
+    """One model the benchmark measures."""
+    name: str
+    format: str
+    precision: str
+    path: Path
+    kind: str  # "keras" (TensorFlow) or "edge" (through edge_runtime)
+    agree_ref: str = None  # the model its agreement is gated against (None for the reference itself)
+    entry: dict = field(default_factory=dict)  # its manifest entry
+
+    @property
+    def timed(self):  # the QAT source is an accuracy reference, never deployed: not timed
+        return self.name != QAT_SOURCE
+
+
 def targets(run, variant_names=None):
-    """[(name, format, precision, path, kind, agreement reference, manifest entry)]: the Keras reference,
-    then each exported variant in table order (a QAT variant preceded by its float source, the
-    reference its agreement is gated against). Also returns the asked-for variants with no good export."""
+    """([Target]: the Keras reference, then each exported variant in table order, a QAT variant preceded by
+    its float source, the reference its agreement is gated against), {asked-for variant: why not exported}."""
     exported = run.manifest().get("variants", {})
-    out = [(REFERENCE, "keras", "float32", run.model, "keras", None, {})]
+    out = [Target(REFERENCE, "keras", "float32", run.model, "keras")]
     unavailable = {}
     for v in select(variant_names):
         entry = exported.get(v.name)
@@ -118,9 +133,9 @@ def targets(run, variant_names=None):
             if not source.is_file():
                 unavailable[v.name] = f"its float source {source.name} is missing"
                 continue
-            out.append((QAT_SOURCE, "keras", "float32, fake-quant (QAT source)", source, "keras", None, {}))
+            out.append(Target(QAT_SOURCE, "keras", "float32, fake-quant (QAT source)", source, "keras"))
             agree_ref = QAT_SOURCE
-        out.append((v.name, v.format, v.precision, run.export_dir / entry["file"], "edge", agree_ref, entry))
+        out.append(Target(v.name, v.format, v.precision, run.export_dir / entry["file"], "edge", agree_ref, entry))
     if len(out) == 1:
         raise InputError(f"{run.path} has no exported variant to benchmark"
                          + (f" among {variant_names}" if variant_names else "") + f"; run `make export RUN={run.path}`")
@@ -131,8 +146,7 @@ def run_worker(job, workdir):
     """One measurement in a fresh interpreter; returns its result dict, or raises RuntimeError with its last error line."""
     job_file = Path(workdir) / f"{job['name']}-{job['threads']}.job.json"
     job_file.write_text(json.dumps(job))
-    proc = subprocess.run([sys.executable, "-m", "benchmark.worker", str(job_file)], cwd=REPO,  # -m: REPO on sys.path
-                          capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, "-m", "benchmark.worker", str(job_file)], capture_output=True, text=True)
     if proc.returncode != 0:
         lines = [l for l in proc.stderr.strip().splitlines() if l.strip()]
         errors = [l for l in lines if l.startswith("error:") or "Error" in l]
@@ -154,81 +168,40 @@ def measure_all(run, variant_names=None, batch=16, timing=None, threads=None, tu
 
     tune: first try each exported variant's runtime settings on this machine (on validation images)
     and measure it with the fastest that keeps its predictions."""
-    timing = dict(TIMING_DEFAULTS, **(timing or {}))
-    cores = threads or all_cores()
+    from train.shared.progress import Progress
+
     chosen, unavailable = targets(run, variant_names)
     for name, why in unavailable.items():
         log(f"{name}: no export to measure ({why}); it fails the gate")
-    paths, y, pixels = test_set(run)
-    class_names = run.class_names()
-    log(f"run {run.path}: {len(paths)} test images, {len(class_names)} classes, {len(chosen)} models, threads 1 and {cores}")
-    rows, probs_by_name = [], {}
     with tempfile.TemporaryDirectory(prefix="benchmark-") as work:
-        np.save(Path(work) / "pixels.npy", pixels)  # the very same uint8 images reach every model
-        np.save(Path(work) / "mobile.npy", mobile_pixels(paths, pixels.shape[1:3]))  # and resized the mobile way
-        tune_pixels = tuning_set(run) if tune else None
-        if tune_pixels is not None:
-            np.save(Path(work) / "tune.npy", tune_pixels)
-        for i, (name, fmt, precision, path, kind, agree_ref, entry) in enumerate(chosen, 1):
-            log(f"[{i}/{len(chosen)}] {name} ({fmt}, {precision}): measuring in a fresh process")
-            row = {"variant": name, "format": fmt, "precision": precision, "file": str(path),
-                   "size_mb": path.stat().st_size / 1e6, "sha256": sha256_file(path), "status": "ok"}
-            base = {"name": name, "kind": kind, "model": str(path), "pixels": str(Path(work) / "pixels.npy"),
-                    "paths": [str(p) for p in paths], "batch": batch, "timing": timing}
-            timed = name != QAT_SOURCE  # the QAT source is an accuracy reference, never deployed: not timed
-            try:
-                if kind == "edge" and tune_pixels is not None:
-                    tuned = run_worker(dict(base, kind="tune", threads=cores, tune_pixels=str(Path(work) / "tune.npy"),
-                                            timing=dict(timing, max_seconds=min(timing["max_seconds"], 5.0)),
-                                            result_out=str(Path(work) / f"{name}-tune.json")), work)
-                    base["settings"] = choose_settings(tuned["candidates"])
-                    row.update(runtime_settings=base["settings"], settings_candidates=tuned["candidates"],
-                               runtime_settings_text=describe_settings(base["settings"]))
-                    log("    runtime settings: " + "; ".join(
-                        f"{describe_settings(c['settings'])} "
-                        + (f"{c['p50_ms']:.2f} ms" if c["same_predictions"] else "other predictions: excluded")
-                        for c in tuned["candidates"])
-                        + f" -> {describe_settings(base['settings'])}")
-                full = run_worker(dict(base, threads=cores, full=True, timed=timed, probs_out=str(Path(work) / f"{name}.npy"),
-                                       mobile_pixels=str(Path(work) / "mobile.npy"),
-                                       mobile_probs_out=str(Path(work) / f"{name}-mobile.npy"),
-                                       result_out=str(Path(work) / f"{name}-all.json")), work)
-                single = full if cores == 1 or not timed else run_worker(
-                    dict(base, threads=1, full=False, result_out=str(Path(work) / f"{name}-1.json")), work)
-                probs_by_name[name] = np.load(Path(work) / f"{name}.npy")
-                mobile = np.load(Path(work) / f"{name}-mobile.npy")
-            except RuntimeError as e:
-                row.update(status="error", error=str(e))
-                log(f"    FAILED: {e}")
-                rows.append(row)
-                continue
-            row.update(timings(full, single, cores) if timed else
-                       {"load_seconds": full["load_seconds"], "peak_rss_mb": full["peak_rss_mb"], "p50_ms": None,
-                        "p50_ms_1thread": None})
-            row.update(accuracy(y, probs_by_name[name], probs_by_name.get(REFERENCE), class_names,
-                                probs_by_name.get(agree_ref) if agree_ref else None))
-            row["agreement_reference"] = agree_ref
-            own = probs_by_name[name]  # the same model fed the mobile way's pixels instead of the contract's
-            row.update(mobile_resize_top1=float(np.mean(mobile.argmax(1) == y)),
-                       mobile_resize_agreement=float(np.mean(mobile.argmax(1) == own.argmax(1))),
-                       mobile_resize_max_abs_prob_diff=float(np.abs(mobile - own).max()))
-            fb = entry.get("fallback")
-            if fb:
-                row.update(float_ops=len(fb["kept_float"]), fallback_met_budget=fb["met_budget"],
-                           fallback=fallback_summary(fb),
-                           activation_ranges=(entry.get("activation_ranges") or {}).get("method"))
-            rows.append(row)
-            log(f"    top-1 {row['top1']:.3f}" + (f" ({row['top1_change_points']:+.1f} pts, agreement {row['agreement']:.3f})"
-                                                     if row.get("agreement") is not None else "")
-                + (f", p50 {row['p50_ms']:.1f} ms ({cores} threads), {row['p50_ms_1thread']:.1f} ms (1 thread)"
-                   if timed else " (an accuracy reference: not timed)")
-                + f", {row['size_mb']:.1f} MB, peak {row['peak_rss_mb']:.0f} MB")
+        bench = Bench(run, Path(work), batch, dict(TIMING_DEFAULTS, **(timing or {})), threads or all_cores(), tune)
+        log(f"run {run.path}: {len(bench.paths)} test images, {len(bench.classes)} classes, {len(chosen)} models, "
+            f"threads 1 and {bench.cores}")
+        progress = Progress("benchmark", len(chosen), "models")
+        rows = []
+        for i, t in enumerate(chosen, 1):
+            log(f"[{i}/{len(chosen)}] {t.name} ({t.format}, {t.precision}): measuring in a fresh process")
+            rows.append(bench.measure(t))
+            progress.update(i, t.name)
     for name, why in unavailable.items():  # asked for but not there: it fails the gate, it is not skipped
         v = next(v for v in select(variant_names) if v.name == name)
         rows.append({"variant": name, "format": v.format, "precision": v.precision, "status": "missing", "error": why})
-    # report order: the measured rows as targets() gave them (a reference before its variant), with
-    # the missing variants at their place in the variant table
-    order, pending = [], [c[0] for c in chosen]
+    rows = report_order(rows, [t.name for t in chosen], variant_names)
+    ref = next((r for r in rows if r["variant"] == REFERENCE and r["status"] == "ok"), None)
+    if ref is None:
+        raise InputError(f"the Keras reference model could not be measured: {rows[0].get('error')}")
+    for r in rows:
+        if r["status"] == "ok":
+            r["speedup_vs_keras"] = ref["p50_ms"] / r["p50_ms"] if r.get("p50_ms") else None
+    context = {"test_images": len(bench.paths), "classes": bench.classes, "threads": [1, bench.cores], "batch": batch,
+               "timing": bench.timing, "unavailable": unavailable, "labels": bench.y.tolist()}
+    return rows, context
+
+
+def report_order(rows, measured, variant_names):
+    """The measured rows as targets() gave them (a reference before its variant), with the missing
+    variants at their place in the variant table."""
+    order, pending = [], list(measured)
     for v in select(variant_names):
         if v.name in pending:
             k = pending.index(v.name) + 1
@@ -236,16 +209,80 @@ def measure_all(run, variant_names=None, batch=16, timing=None, threads=None, tu
         else:
             order.append(v.name)
     order += pending
-    rows.sort(key=lambda r: order.index(r["variant"]) if r["variant"] in order else len(order))
-    ref = next((r for r in rows if r["variant"] == REFERENCE and r["status"] == "ok"), None)
-    if ref is None:
-        raise InputError(f"the Keras reference model could not be measured: {rows[0].get('error')}")
-    for r in rows:
-        if r["status"] == "ok":
-            r["speedup_vs_keras"] = ref["p50_ms"] / r["p50_ms"] if r.get("p50_ms") else None
-    context = {"test_images": len(paths), "classes": class_names, "threads": [1, cores], "batch": batch,
-               "timing": timing, "unavailable": unavailable, "labels": y.tolist()}
-    return rows, context
+    return sorted(rows, key=lambda r: order.index(r["variant"]) if r["variant"] in order else len(order))
+
+
+class Bench:
+    """The test split's pixels, written once for every worker, and each target's measurement."""
+
+    def __init__(self, run, work, batch, timing, cores, tune):
+        self.work, self.batch, self.timing, self.cores = work, batch, timing, cores
+        self.paths, self.y, pixels = test_set(run)
+        self.classes = run.class_names()
+        np.save(work / "pixels.npy", pixels)  # the very same uint8 images reach every model
+        np.save(work / "mobile.npy", mobile_pixels(self.paths, pixels.shape[1:3]))  # and resized the mobile way
+        tune_pixels = tuning_set(run) if tune else None
+        self.tune = tune_pixels is not None
+        if self.tune:
+            np.save(work / "tune.npy", tune_pixels)
+        self.probs = {}
+
+    def job(self, t, **kw):
+        return {"name": t.name, "kind": t.kind, "model": str(t.path), "pixels": str(self.work / "pixels.npy"),
+                "paths": [str(p) for p in self.paths], "batch": self.batch, "timing": self.timing, **kw}
+
+    def settings(self, t, row):
+        """The fastest runtime settings that keep the target's predictions, tried on validation images."""
+        tuned = run_worker(self.job(t, kind="tune", threads=self.cores, tune_pixels=str(self.work / "tune.npy"),
+                                    timing=dict(self.timing, max_seconds=min(self.timing["max_seconds"], 5.0)),
+                                    result_out=str(self.work / f"{t.name}-tune.json")), self.work)
+        chosen = choose_settings(tuned["candidates"])
+        row.update(runtime_settings=chosen, settings_candidates=tuned["candidates"],
+                   runtime_settings_text=describe_settings(chosen))
+        log("    runtime settings: " + "; ".join(
+            f"{describe_settings(c['settings'])} "
+            + (f"{c['p50_ms']:.2f} ms" if c["same_predictions"] else "other predictions: excluded")
+            for c in tuned["candidates"]) + f" -> {describe_settings(chosen)}")
+        return chosen
+
+    def measure(self, t):
+        """The target's row: accuracy, and cost (from a process with all cores and one with 1 thread)."""
+        row = {"variant": t.name, "format": t.format, "precision": t.precision, "file": str(t.path),
+               "size_mb": t.path.stat().st_size / 1e6, "sha256": sha256_file(t.path), "status": "ok"}
+        try:
+            extra = {"settings": self.settings(t, row)} if t.kind == "edge" and self.tune else {}
+            w = self.work
+            full = run_worker(self.job(t, threads=self.cores, full=True, timed=t.timed, probs_out=str(w / f"{t.name}.npy"),
+                                       mobile_pixels=str(w / "mobile.npy"), mobile_probs_out=str(w / f"{t.name}-mobile.npy"),
+                                       result_out=str(w / f"{t.name}-all.json"), **extra), w)
+            single = full if self.cores == 1 or not t.timed else run_worker(
+                self.job(t, threads=1, full=False, result_out=str(w / f"{t.name}-1.json"), **extra), w)
+            self.probs[t.name] = np.load(w / f"{t.name}.npy")
+            mobile = np.load(w / f"{t.name}-mobile.npy")
+        except RuntimeError as e:
+            row.update(status="error", error=str(e))
+            log(f"    FAILED: {e}")
+            return row
+        row.update(timings(full, single, self.cores) if t.timed else
+                   {"load_seconds": full["load_seconds"], "peak_rss_mb": full["peak_rss_mb"], "p50_ms": None,
+                    "p50_ms_1thread": None})
+        own = self.probs[t.name]
+        row.update(accuracy(self.y, own, self.probs.get(REFERENCE), self.classes,
+                            self.probs.get(t.agree_ref) if t.agree_ref else None), agreement_reference=t.agree_ref)
+        # the same model fed the mobile way's pixels instead of the contract's
+        row.update(mobile_resize_top1=float(np.mean(mobile.argmax(1) == self.y)),
+                   mobile_resize_agreement=float(np.mean(mobile.argmax(1) == own.argmax(1))),
+                   mobile_resize_max_abs_prob_diff=float(np.abs(mobile - own).max()))
+        fb = t.entry.get("fallback")
+        if fb:
+            row.update(float_ops=len(fb["kept_float"]), fallback_met_budget=fb["met_budget"], fallback=fallback_summary(fb),
+                       activation_ranges=(t.entry.get("activation_ranges") or {}).get("method"))
+        log(f"    top-1 {row['top1']:.3f}" + (f" ({row['top1_change_points']:+.1f} pts, agreement {row['agreement']:.3f})"
+                                                 if row.get("agreement") is not None else "")
+            + (f", p50 {row['p50_ms']:.1f} ms ({self.cores} threads), {row['p50_ms_1thread']:.1f} ms (1 thread)"
+               if t.timed else " (an accuracy reference: not timed)")
+            + f", {row['size_mb']:.1f} MB, peak {row['peak_rss_mb']:.0f} MB")
+        return row
 
 
 def timings(full, single, cores):

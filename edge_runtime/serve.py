@@ -17,6 +17,7 @@ flight, then exits. Every error is a JSON body {"error": {"kind", "message"}} wi
 service keeps serving.
 """
 import asyncio
+import contextlib
 import queue
 import signal
 import threading
@@ -220,83 +221,100 @@ def top_k_of(request, limits, classes):
     return min(int(raw), classes)
 
 
-def create_app(model, limits=None, why="given"):
-    """The ASGI application serving `model`; its inference pool starts and stops with the app's lifespan."""
-    import contextlib
+class Service:
+    """The routes, over one model, its inference pool (started and stopped with the app's lifespan) and metrics."""
 
-    from starlette.applications import Starlette
-    from starlette.responses import JSONResponse, Response
-    from starlette.routing import Route
+    def __init__(self, model, limits, why):
+        self.model, self.limits = model, limits
+        probe = Classifier(model, threads=1)  # checks the file (checksum, labels) before anything listens
+        self.info = model_info(model, probe, why)
+        self.metrics = Metrics({"variant": self.info["variant"], "file": self.info["file"], "sha256": self.info["sha256"],
+                                "format": self.info["format"],
+                                **{f"version_{k}": v for k, v in self.info["versions"].items()}})
+        self.pool = None
 
-    limits = limits or Limits()
-    probe = Classifier(model, threads=1)  # checks the file (checksum, labels) before anything listens
-    info = model_info(model, probe, why)
-    del probe
-    metrics = Metrics({"variant": info["variant"], "file": info["file"], "sha256": info["sha256"],
-                       "format": info["format"], **{f"version_{k}": v for k, v in info["versions"].items()}})
-    state = {}
+    def error(self, e):
+        from starlette.responses import JSONResponse
 
-    def error(e):
-        metrics.errors.labels(e.kind).inc()
+        self.metrics.errors.labels(e.kind).inc()
         return JSONResponse({"error": {"kind": e.kind, "message": str(e)}}, status_code=e.status, headers=e.headers)
 
-    async def classify(request):
+    async def classify(self, request):
+        from starlette.responses import JSONResponse
+
         start = time.perf_counter()
-        deadline = start + limits.timeout
-        metrics.inflight.inc()
+        self.metrics.inflight.inc()
         try:
-            top_k = top_k_of(request, limits, len(info["labels"]))
-            data = await image_bytes(request, await read_body(request, limits, deadline), limits)
-            job = Job(data, top_k, asyncio.get_running_loop())
-            state["pool"].submit(job)
-            try:
-                result = await asyncio.wait_for(asyncio.shield(job.future), max(0.0, deadline - time.perf_counter()))
-            except asyncio.TimeoutError:
-                job.abandoned = True
-                raise HTTPError(504, "timeout", f"no answer within {limits.timeout:g} s") from None
+            result, job = await self._answer(request, start)
             done = time.perf_counter()
             response = JSONResponse({"top_k": [{"label": l, "probability": p} for l, p in result],
-                                     "variant": info["variant"], "sha256": info["sha256"],
+                                     "variant": self.info["variant"], "sha256": self.info["sha256"],
                                      "ms": {"total": round(1000 * (done - start), 3),
                                             "waited": round(1000 * (job.started - start), 3)}})
-            metrics.latency.observe(time.perf_counter() - start)
+            self.metrics.latency.observe(time.perf_counter() - start)
         except HTTPError as e:
-            response = error(e)
-        except Exception as e:  # noqa: BLE001
-            response = error(HTTPError(500, "internal", f"{type(e).__name__}: {e}"))
+            response = self.error(e)
+        except Exception as e:  # noqa: BLE001  the service must outlive any one request
+            response = self.error(HTTPError(500, "internal", f"{type(e).__name__}: {e}"))
         finally:
-            metrics.inflight.dec()
-        metrics.requests.labels("/v1/classify", str(response.status_code)).inc()
+            self.metrics.inflight.dec()
+        self.metrics.requests.labels("/v1/classify", str(response.status_code)).inc()
         return response
 
-    async def model_route(request):
-        metrics.requests.labels("/v1/model", "200").inc()
-        return JSONResponse(dict(info, limits=asdict(limits)))
+    async def _answer(self, request, start):
+        """(top-k, job) for one request, within the deadline; HTTPError for anything else."""
+        limits, deadline = self.limits, start + self.limits.timeout
+        top_k = top_k_of(request, limits, len(self.info["labels"]))
+        data = await image_bytes(request, await read_body(request, limits, deadline), limits)
+        job = Job(data, top_k, asyncio.get_running_loop())
+        self.pool.submit(job)
+        try:
+            return await asyncio.wait_for(asyncio.shield(job.future), max(0.0, deadline - time.perf_counter())), job
+        except asyncio.TimeoutError:
+            job.abandoned = True
+            raise HTTPError(504, "timeout", f"no answer within {limits.timeout:g} s") from None
 
-    async def health(request):
-        pool = state.get("pool")
-        metrics.requests.labels("/health", "200" if pool else "503").inc()
-        body = {"status": "ok" if pool else "starting", "variant": info["variant"], "workers": limits.workers,
-                "queue": pool.jobs.qsize() if pool else 0, "queue_limit": limits.queue}
+    async def model_route(self, request):
+        from starlette.responses import JSONResponse
+
+        self.metrics.requests.labels("/v1/model", "200").inc()
+        return JSONResponse(dict(self.info, limits=asdict(self.limits)))
+
+    async def health(self, request):
+        from starlette.responses import JSONResponse
+
+        pool = self.pool
+        self.metrics.requests.labels("/health", "200" if pool else "503").inc()
+        body = {"status": "ok" if pool else "starting", "variant": self.info["variant"], "workers": self.limits.workers,
+                "queue": pool.jobs.qsize() if pool else 0, "queue_limit": self.limits.queue}
         return JSONResponse(body, status_code=200 if pool else 503)
 
-    async def metrics_route(request):
-        metrics.requests.labels("/metrics", "200").inc()
-        pool = state.get("pool")
-        metrics.queue_depth.set(pool.jobs.qsize() if pool else 0)
-        return Response(metrics.text(), media_type="text/plain; version=0.0.4")
+    async def metrics_route(self, request):
+        from starlette.responses import Response
+
+        self.metrics.requests.labels("/metrics", "200").inc()
+        self.metrics.queue_depth.set(self.pool.jobs.qsize() if self.pool else 0)
+        return Response(self.metrics.text(), media_type="text/plain; version=0.0.4")
 
     @contextlib.asynccontextmanager
-    async def lifespan(app):
-        state["pool"] = await asyncio.to_thread(Pool, model, limits, metrics)
+    async def lifespan(self, app):
+        self.pool = await asyncio.to_thread(Pool, self.model, self.limits, self.metrics)
         try:
             yield
         finally:
-            await asyncio.to_thread(state.pop("pool").close)
+            pool, self.pool = self.pool, None
+            await asyncio.to_thread(pool.close)
 
-    app = Starlette(routes=[Route("/v1/classify", classify, methods=["POST"]), Route("/v1/model", model_route),
-                            Route("/health", health), Route("/metrics", metrics_route)], lifespan=lifespan)
-    app.state.info, app.state.limits = info, limits
+
+def create_app(model, limits=None, why="given"):
+    """The ASGI application serving `model`."""
+    from starlette.applications import Starlette
+    from starlette.routing import Route
+
+    svc = Service(model, limits or Limits(), why)
+    app = Starlette(routes=[Route("/v1/classify", svc.classify, methods=["POST"]), Route("/v1/model", svc.model_route),
+                            Route("/health", svc.health), Route("/metrics", svc.metrics_route)], lifespan=svc.lifespan)
+    app.state.service = svc
     return app
 
 

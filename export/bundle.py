@@ -36,6 +36,85 @@ FLOAT_PREFERENCE = ("tflite-fp16", "tflite-fp32", "onnx-fp32")
 REFERENCE_IMAGES = 8
 SERVICE = "edgeclf.service"
 NOT_DEPLOYED = ("keras", "qat-source")
+# The bundle's README.md (readme() fills it in).
+README = """# {name}
+
+An image classifier from training run `{run_name}`: {n_classes} classes, input {h}x{w} RGB. It needs
+Python 3.11 or newer and no TensorFlow. {choose}
+
+| variant | file | precision | MB | parity gate on the build machine |
+|---|---|---|---|---|
+{rows}
+
+Parity gate: {gate_line}.
+
+## 1. Install (Raspberry Pi OS 64-bit, or any Linux, macOS or Windows machine)
+
+    tar xzf {name}.tar.gz && cd {name}
+    python3 -m venv .venv
+    .venv/bin/pip install -r requirements.txt
+
+`requirements.txt` installs edge_runtime from `wheels/` and pins everything it needs to the versions the
+bundle was checked with.
+
+## 2. Check this machine first
+
+    .venv/bin/python -m edge_runtime selfcheck
+
+It runs every file on the reference images in `reference/` and compares the probabilities with those
+recorded where the bundle was built, within the stated tolerances (a float32 rounding, or one or a
+few output quantization steps for integer files). One line per file; exit 1 means this machine does
+not compute what was tested: do not deploy until that is understood.
+
+## 3. Let the device choose its file
+
+    .venv/bin/python -m edge_runtime select
+
+It times each file that passed the self-check here (batch 1, at 1 thread and at all cores, calls
+interleaved, until each median is known to within 2%) and writes the fastest to `selection.json`.
+
+## 4. Classify
+
+    .venv/bin/python -m edge_runtime predict photo.jpg photos/ 'trap/*.jpg'      # one line per image
+    .venv/bin/python -m edge_runtime predict photos/ --json > results.jsonl     # JSON lines, as it goes
+    .venv/bin/python -m edge_runtime watch /srv/camera-trap                     # each new image, once
+    .venv/bin/python -m edge_runtime info
+
+A bad image gets its own error line and the rest go on (exit 2 at the end if any failed). Any image
+Pillow reads works (JPEG, PNG, WebP, ...; grayscale, RGBA and EXIF-rotated photos included); it is
+resized to {h}x{w} exactly as in training (the whole image stretched, Pillow's antialiased bilinear).
+Apps that resize their own way (MediaPipe, Android, iOS: bilinear without antialiasing) shift the
+probabilities a little.
+
+From Python:
+
+    from edge_runtime import Classifier
+    clf = Classifier("{first_file}")   # labels.txt and manifest.json beside it are used
+    clf.predict("photo.jpg", top_k=3)                # [(label, probability), ...]
+
+One Classifier may be shared by many threads.
+
+## 5. Run it as a service
+
+    .venv/bin/python -m edge_runtime serve --port 8080          # 127.0.0.1 only; --host 0.0.0.0 for the network
+    curl -s -H 'Content-Type: image/jpeg' --data-binary @photo.jpg localhost:8080/v1/classify
+    curl -s -F image=@photo.jpg 'localhost:8080/v1/classify?top_k=3'
+
+`GET /v1/model` describes the model, `GET /health` says it is up, `GET /metrics` is for Prometheus. Bad
+requests get a JSON error with their status (413 too large, 415 wrong type, 422 not an image, 503 when
+the queue is full, 504 on timeout) and the service goes on. With systemd, from this folder:
+
+    sed -e "s#@BUNDLE@#$PWD#g" -e "s#@USER@#$USER#g" {service} | sudo tee /etc/systemd/system/{unit}.service
+    sudo systemctl daemon-reload && sudo systemctl enable --now {unit}
+    journalctl -u {unit} -f
+
+## Contents
+
+- the model files above, `labels.txt` (one class per line, in output order), `manifest.json`
+  (checksums, the preprocessing contract, how the bundle was made)
+- `reference/`: {images} test images, their pixels, and each file's probabilities on them
+- `wheels/`: edge_runtime; `requirements.txt`; `{service}`; `MODEL_CARD.md` when the run has one
+"""
 
 
 def log(msg):
@@ -158,94 +237,17 @@ WantedBy=multi-user.target
 
 def readme(name, run_name, candidates, manifest, gate, single):
     h, w = manifest["preprocessing"]["input_size"]
-    classes = manifest["classes"]
     rows = "\n".join(f"| `{v}` | `{e['file']}` | {e['precision']} | {e['bytes'] / 1e6:.2f} | {status} |"
                      for v, e, status in candidates)
-    unit = f"edgeclf-{name}"
     gate_line = (f"thresholds: top-1 at most {gate['max_drop']:g} points below the Keras model, agreement at least "
                  f"{gate['min_agreement']:g}; {gate['report']}, {gate['measured_at']}" if gate else "no benchmark report")
     choose = ("One file: `predict`, `serve` and `watch` run it." if single else
               "Several candidate files: which is fastest depends on the CPU, so the device measures them itself "
               "(`select`) and `predict`, `serve` and `watch` then run its choice. Until `select` has run they "
               f"run the first candidate, `{candidates[0][0]}`.")
-    return f"""# {name}
-
-An image classifier from training run `{run_name}`: {len(classes)} classes, input {h}x{w} RGB. It needs
-Python 3.11 or newer and no TensorFlow. {choose}
-
-| variant | file | precision | MB | parity gate on the build machine |
-|---|---|---|---|---|
-{rows}
-
-Parity gate: {gate_line}.
-
-## 1. Install (Raspberry Pi OS 64-bit, or any Linux, macOS or Windows machine)
-
-    tar xzf {name}.tar.gz && cd {name}
-    python3 -m venv .venv
-    .venv/bin/pip install -r requirements.txt
-
-`requirements.txt` installs edge_runtime from `wheels/` and pins everything it needs to the versions the
-bundle was checked with.
-
-## 2. Check this machine first
-
-    .venv/bin/python -m edge_runtime selfcheck
-
-It runs every file on the reference images in `reference/` and compares the probabilities with those
-recorded where the bundle was built, within the stated tolerances (a float32 rounding, or one or a
-few output quantization steps for integer files). One line per file; exit 1 means this machine does
-not compute what was tested: do not deploy until that is understood.
-
-## 3. Let the device choose its file
-
-    .venv/bin/python -m edge_runtime select
-
-It times each file that passed the self-check here (batch 1, at 1 thread and at all cores, calls
-interleaved, until each median is known to within 2%) and writes the fastest to `selection.json`.
-
-## 4. Classify
-
-    .venv/bin/python -m edge_runtime predict photo.jpg photos/ 'trap/*.jpg'      # one line per image
-    .venv/bin/python -m edge_runtime predict photos/ --json > results.jsonl     # JSON lines, as it goes
-    .venv/bin/python -m edge_runtime watch /srv/camera-trap                     # each new image, once
-    .venv/bin/python -m edge_runtime info
-
-A bad image gets its own error line and the rest go on (exit 2 at the end if any failed). Any image
-Pillow reads works (JPEG, PNG, WebP, ...; grayscale, RGBA and EXIF-rotated photos included); it is
-resized to {h}x{w} exactly as in training (the whole image stretched, Pillow's antialiased bilinear).
-Apps that resize their own way (MediaPipe, Android, iOS: bilinear without antialiasing) shift the
-probabilities a little.
-
-From Python:
-
-    from edge_runtime import Classifier
-    clf = Classifier("{candidates[0][1]['file']}")   # labels.txt and manifest.json beside it are used
-    clf.predict("photo.jpg", top_k=3)                # [(label, probability), ...]
-
-One Classifier may be shared by many threads.
-
-## 5. Run it as a service
-
-    .venv/bin/python -m edge_runtime serve --port 8080          # 127.0.0.1 only; --host 0.0.0.0 for the network
-    curl -s -H 'Content-Type: image/jpeg' --data-binary @photo.jpg localhost:8080/v1/classify
-    curl -s -F image=@photo.jpg 'localhost:8080/v1/classify?top_k=3'
-
-`GET /v1/model` describes the model, `GET /health` says it is up, `GET /metrics` is for Prometheus. Bad
-requests get a JSON error with their status (413 too large, 415 wrong type, 422 not an image, 503 when
-the queue is full, 504 on timeout) and the service goes on. With systemd, from this folder:
-
-    sed -e "s#@BUNDLE@#$PWD#g" -e "s#@USER@#$USER#g" {SERVICE} | sudo tee /etc/systemd/system/{unit}.service
-    sudo systemctl daemon-reload && sudo systemctl enable --now {unit}
-    journalctl -u {unit} -f
-
-## Contents
-
-- the model files above, `labels.txt` (one class per line, in output order), `manifest.json`
-  (checksums, the preprocessing contract, how the bundle was made)
-- `reference/`: {REFERENCE_IMAGES} test images, their pixels, and each file's probabilities on them
-- `wheels/`: edge_runtime; `requirements.txt`; `{SERVICE}`; `MODEL_CARD.md` when the run has one
-"""
+    return README.format(name=name, run_name=run_name, n_classes=len(manifest["classes"]), h=h, w=w, choose=choose,
+                         rows=rows, gate_line=gate_line, first_file=candidates[0][1]["file"], service=SERVICE,
+                         unit=f"edgeclf-{name}", images=REFERENCE_IMAGES)
 
 
 def members(run, variants, manifest, measured, gate, name, count, work):

@@ -93,93 +93,118 @@ def _p50_ms(path, pixels, runs=15):
     return round(1000 * float(np.median(times)), 3)
 
 
-def search(quantize, candidates, validation, budget, work, log, suffix, full=None, compact=None):
-    """Write the chosen file and return (its path, the manifest's "fallback" record).
+class Search:
+    """The accuracy-aware fallback of one int8 file (the module docstring's steps).
 
     quantize(excluded, path): writes a quantized model with the `excluded` ops left in float.
     candidates: the ops that may stay float, in the order they run.
     validation: (uint8 pixels, labels, Keras probabilities) of the validation split.
-    full: (path, validation metrics) of the fully quantized file when already measured.
     compact(src, dst): writes src with its float ops' weights in int8, returns how many ops changed
     (see _compact); None where the format has no such form.
     """
-    pixels = validation[0]
-    work = Path(work)
 
-    def build(excluded, name):
-        path = work / f"{name}{suffix}"
-        quantize(list(excluded), path)
+    def __init__(self, quantize, candidates, validation, budget, work, log, suffix, compact=None):
+        self.quantize, self.candidates, self.validation = quantize, list(candidates), validation
+        self.budget, self.work, self.log, self.suffix, self.compact = budget, Path(work), log, suffix, compact
+        self.misses = budget.misses
+        self.cap = max(1, int(budget.cap * len(self.candidates)))
+
+    def build(self, excluded, name):
+        path = self.work / f"{name}{self.suffix}"
+        self.quantize(list(excluded), path)
         return path
 
-    if full is None:
-        path = build([], "full")
-        full = path, measure(path, validation)
-    full, before = Path(full[0]), full[1]
-    misses = budget.misses
+    def run(self, full=None):
+        """Write the chosen file and return (its path, the manifest's "fallback" record). full: (path,
+        validation metrics) of the fully quantized file when already measured."""
+        if full is None:
+            path = self.build([], "full")
+            full = path, measure(path, self.validation)
+        full, before = Path(full[0]), full[1]
+        missed = self.misses(before)
+        b = self.budget
+        record = {"enabled": b.enabled, "budget": {"max_drop": b.max_drop, "min_agreement": b.min_agreement, "cap": b.cap},
+                  "candidate_ops": len(self.candidates), "validation_before": before, "kept_float": [],
+                  "validation_after": before, "met_budget": not missed}
+        self.log(f"  validation ({before['images']} images): Δtop-1 {before['top1_change_points']:+.1f} pts, "
+                 f"agreement {before['agreement']:.3f}" + ("" if not missed else f": misses the budget ({'; '.join(missed)})"))
+        if not missed or not b.enabled or not self.candidates:
+            return full, record
+        t0 = time.time()
+        chosen, path, after, strategy, tried = self.tail(full, before)
+        record["tail_tried"] = [{"float_ops": n, **{key: m[key] for key in ("top1_change_points", "agreement")}}
+                                for n, (_, m) in sorted(tried.items())]
+        if self.misses(after):
+            chosen, path, after, strategy = self.maybe_single_ops(record, full, before, (chosen, path, after, strategy),
+                                                                  (time.time() - t0) / len(tried))
+        if self.compact is not None and chosen:
+            path, after, record["float_weights"] = _compact(self.compact, path, after, self.validation, self.misses,
+                                                            self.work, self.suffix, self.log)
+        return self.finish(record, full, chosen, path, after, strategy, t0)
 
-    missed = misses(before)
-    record = {"enabled": budget.enabled, "budget": {"max_drop": budget.max_drop, "min_agreement": budget.min_agreement,
-                                                     "cap": budget.cap},
-              "candidate_ops": len(candidates), "validation_before": before, "kept_float": [],
-              "validation_after": before, "met_budget": not missed}
-    log(f"  validation ({before['images']} images): Δtop-1 {before['top1_change_points']:+.1f} pts, "
-        f"agreement {before['agreement']:.3f}" + ("" if not missed else f": misses the budget ({'; '.join(missed)})"))
-    if not missed or not budget.enabled or not candidates:
-        return full, record
+    def tail(self, full, before):
+        """(ops, file, metrics, "tail", {k: (file, metrics)}): the shortest float tail within the cap that
+        meets the budget, by bisection; or the cap's, or none, when even the cap's misses."""
+        tried = {}
 
-    t0 = time.time()
-    cap = max(1, int(budget.cap * len(candidates)))
-    tried = {}  # tail length -> (file, metrics)
+        def attempt(k):
+            ops = self.candidates[len(self.candidates) - k:]
+            path = self.build(ops, f"tail{k}")
+            m = measure(path, self.validation)
+            self.log(f"  last {k} op(s) in float, from {short_name(ops[0])}: Δtop-1 {m['top1_change_points']:+.1f} pts, "
+                     f"agreement {m['agreement']:.3f}" + (" -> meets the budget" if not self.misses(m) else ""))
+            tried[k] = path, m
+            return not self.misses(m)
 
-    def tail(k):
-        ops = candidates[len(candidates) - k:]
-        path = build(ops, f"tail{k}")
-        m = measure(path, validation)
-        log(f"  last {k} op(s) in float, from {short_name(ops[0])}: Δtop-1 {m['top1_change_points']:+.1f} pts, "
-            f"agreement {m['agreement']:.3f}" + (" -> meets the budget" if not misses(m) else ""))
-        tried[k] = path, m
-        return not misses(m)
+        cap = self.cap
+        if attempt(cap):
+            lo, hi = 0, cap  # invariant: a tail of hi meets the budget, one of lo was measured to miss
+            while hi - lo > 1:
+                mid = (lo + hi) // 2
+                lo, hi = (lo, mid) if attempt(mid) else (mid, hi)
+            k = hi
+        else:  # even the cap misses: keep the cap's tail if it is closer to the Keras model than none
+            k = cap if tried[cap][1]["mean_abs_prob_diff"] < before["mean_abs_prob_diff"] else 0
+        path, after = tried[k] if k else (full, before)
+        return (self.candidates[len(self.candidates) - k:] if k else []), path, after, "tail", tried
 
-    if tail(cap):
-        lo, hi = 0, cap  # invariant: a tail of hi meets the budget, one of lo was measured to miss
-        while hi - lo > 1:
-            mid = (lo + hi) // 2
-            lo, hi = (lo, mid) if tail(mid) else (mid, hi)
-        k = hi
-    else:  # even the cap misses: keep the cap's tail if it is closer to the Keras model than none
-        k = cap if tried[cap][1]["mean_abs_prob_diff"] < before["mean_abs_prob_diff"] else 0
-    path, after = tried[k] if k else (full, before)
-    chosen, strategy = (candidates[len(candidates) - k:] if k else []), "tail"
-    record["tail_tried"] = [{"float_ops": n, **{key: m[key] for key in ("top1_change_points", "agreement")}}
-                            for n, (_, m) in sorted(tried.items())]
-    if misses(after):
-        per_trial = (time.time() - t0) / len(tried)
-        if per_trial * len(candidates) > budget.seconds:
-            log(f"  single-op search skipped: ranking {len(candidates)} ops would take about "
-                f"{per_trial * len(candidates):.0f} s (over {budget.seconds:g} s; --fallback-seconds)")
-            record["single_ops"] = {"skipped": f"ranking estimated at {per_trial * len(candidates):.0f} s"}
-        else:
-            ops, s_path, s_after, record["single_ops"] = _single_ops(build, candidates, validation, before, full,
-                                                                      cap, misses, log)
-            if (not misses(s_after), -s_after["mean_abs_prob_diff"]) > (not misses(after), -after["mean_abs_prob_diff"]):
-                chosen, path, after, strategy = ops, s_path, s_after, "single ops"
-    if compact is not None and chosen:
-        path, after, record["float_weights"] = _compact(compact, path, after, validation, misses, work, suffix, log)
-    met = not misses(after)
-    record.update(kept_float=chosen, kept_float_layers=[short_name(op) for op in chosen], strategy=strategy,
-                  float_from=short_name(chosen[0]) if chosen and strategy == "tail" else None, met_budget=met,
-                  validation_after=after, search_seconds=round(time.time() - t0, 1),
-                  cost={"bytes_full_int8": full.stat().st_size, "bytes": path.stat().st_size,
-                        "p50_ms_1thread_full_int8": _p50_ms(full, pixels), "p50_ms_1thread": _p50_ms(path, pixels)})
-    if not met:
-        log(f"  WARNING: the budget still misses with {len(chosen)} op(s) in float ({strategy}; cap {cap} of "
-            f"{len(candidates)}); the file is written and marked")
-    elif chosen:
-        log(f"  {len(chosen)} of {len(candidates)} ops in float ({strategy}"
-            + (f", from {short_name(chosen[0])} on)" if strategy == "tail" else ")"))
-    final = work / f"chosen{suffix}"
-    shutil.copy(path, final)
-    return final, record
+    def maybe_single_ops(self, record, full, before, best, per_trial):
+        """The single-op search when its ranking fits the time budget; the better of it and `best`."""
+        estimate = per_trial * len(self.candidates)
+        if estimate > self.budget.seconds:
+            self.log(f"  single-op search skipped: ranking {len(self.candidates)} ops would take about {estimate:.0f} s "
+                     f"(over {self.budget.seconds:g} s; --fallback-seconds)")
+            record["single_ops"] = {"skipped": f"ranking estimated at {estimate:.0f} s"}
+            return best
+        ops, path, after, record["single_ops"] = _single_ops(self.build, self.candidates, self.validation, before, full,
+                                                             self.cap, self.misses, self.log)
+        if (not self.misses(after), -after["mean_abs_prob_diff"]) > (not self.misses(best[2]), -best[2]["mean_abs_prob_diff"]):
+            return ops, path, after, "single ops"
+        return best
+
+    def finish(self, record, full, chosen, path, after, strategy, t0):
+        met = not self.misses(after)
+        pixels = self.validation[0]
+        record.update(kept_float=chosen, kept_float_layers=[short_name(op) for op in chosen], strategy=strategy,
+                      float_from=short_name(chosen[0]) if chosen and strategy == "tail" else None, met_budget=met,
+                      validation_after=after, search_seconds=round(time.time() - t0, 1),
+                      cost={"bytes_full_int8": full.stat().st_size, "bytes": path.stat().st_size,
+                            "p50_ms_1thread_full_int8": _p50_ms(full, pixels), "p50_ms_1thread": _p50_ms(path, pixels)})
+        n = len(self.candidates)
+        if not met:
+            self.log(f"  WARNING: the budget still misses with {len(chosen)} op(s) in float ({strategy}; cap {self.cap} of "
+                     f"{n}); the file is written and marked")
+        elif chosen:
+            self.log(f"  {len(chosen)} of {n} ops in float ({strategy}"
+                     + (f", from {short_name(chosen[0])} on)" if strategy == "tail" else ")"))
+        final = self.work / f"chosen{self.suffix}"
+        shutil.copy(path, final)
+        return final, record
+
+
+def search(quantize, candidates, validation, budget, work, log, suffix, full=None, compact=None):
+    """Search(...).run(full): the chosen file's path and the manifest's "fallback" record."""
+    return Search(quantize, candidates, validation, budget, work, log, suffix, compact).run(full)
 
 
 def _compact(compact, path, after, validation, misses, work, suffix, log):

@@ -2,8 +2,6 @@
 import json
 import logging
 import shutil
-import tempfile
-from pathlib import Path
 
 import numpy as np
 
@@ -64,40 +62,54 @@ class _Reader:
 FALLBACK_OPS = ("Conv", "MatMul", "Gemm", "Add")
 
 
-def int8(ctx, path):
-    """ONNX Runtime static quantization (QDQ, per-channel, s8 weights, u8 activations), quantized and
-    calibrated once; then the accuracy-aware fallback (export/fallback.py), which keeps nodes float by
-    graph surgery on that one QDQ model (export/onnx_graph.py says why not `nodes_to_exclude`)."""
-    import onnx
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
-    from onnxruntime.quantization.shape_inference import quant_pre_process
+class OnnxInt8:
+    """ONNX Runtime static quantization (QDQ, per-channel, s8 weights, u8 activations) for the int8 driver
+    (export/int8.py), quantized and calibrated once; the fallback keeps nodes float by graph surgery on
+    that one QDQ model (export/onnx_graph.py says why not `nodes_to_exclude`)."""
+    suffix = ".onnx"
+    record = {"opset": OPSET, "quantization": "QDQ, per-channel symmetric int8 weights, asymmetric uint8 "
+                                              "activations; ops kept float by the fallback get float weights and "
+                                              "float outputs"}
+    compact = None  # a weight-only DequantizeLinear is not folded by ONNX Runtime: it would run on every call
 
-    from . import onnx_ranges, ranges
-    from .fallback import measure, search
-    from .onnx_graph import float_nodes
+    def __init__(self, ctx, work):
+        self.ctx, self.work, self.models = ctx, work, {}  # method -> QDQ model with those ranges
 
-    from .stages import Stages
+    def calibrate(self):
+        import onnx
 
-    work = Path(tempfile.mkdtemp(prefix="onnx-int8-"))
-    stages = Stages()
-    try:
-        source = work / "fp32.onnx"
-        onnx.save(_float_proto(ctx), str(source))
-        prepped = work / "prepped.onnx"
-        try:  # shape inference and graph folding make quantization cover more ops
-            quant_pre_process(str(source), str(prepped), skip_symbolic_shape=False)
-        except Exception as e:
-            ctx.log(f"  quant_pre_process failed ({e}); quantizing the unprocessed graph")
-            shutil.copy(source, prepped)
+        from . import onnx_ranges
+
+        prepped = self._prepared()
         graph = onnx.load(str(prepped), load_external_data=False).graph
-        input_name = graph.input[0].name
-        candidates = [n.name for n in graph.node if n.op_type in FALLBACK_OPS and n.name]
-        full = work / "full-qdq.onnx"
+        self._candidates = [n.name for n in graph.node if n.op_type in FALLBACK_OPS and n.name]
+        full = self.work / "full-qdq.onnx"
+        self._quantize_static(prepped, full, graph.input[0].name)
+        self.qdq, self.float_model = onnx.load(str(full)), onnx.load(str(prepped))
+        self.observed = onnx_ranges.observe(self.float_model, self.qdq, self.ctx.calibration)
+
+    def _prepared(self):
+        """The float graph with shapes inferred and folded, so quantization covers more ops."""
+        import onnx
+        from onnxruntime.quantization.shape_inference import quant_pre_process
+
+        source, prepped = self.work / "fp32.onnx", self.work / "prepped.onnx"
+        onnx.save(_float_proto(self.ctx), str(source))
+        try:
+            quant_pre_process(str(source), str(prepped), skip_symbolic_shape=False)
+        except Exception as e:  # noqa: BLE001  the unprocessed graph still quantizes
+            self.ctx.log(f"  quant_pre_process failed ({e}); quantizing the unprocessed graph")
+            shutil.copy(source, prepped)
+        return prepped
+
+    def _quantize_static(self, prepped, out, input_name):
+        from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
         root_level = logging.getLogger().level  # its per-channel notes on rank-1 BatchNorm weights are noise
         logging.getLogger().setLevel(logging.ERROR)
         try:
             # one image places the Q/DQ pairs; onnx_ranges.observe then gives every range from all of them
-            quantize_static(str(prepped), str(full), _Reader(input_name, ctx.calibration[:1]),
+            quantize_static(str(prepped), str(out), _Reader(input_name, self.ctx.calibration[:1]),
                             quant_format=QuantFormat.QDQ, per_channel=True, weight_type=QuantType.QInt8,
                             activation_type=QuantType.QUInt8, calibrate_method=CalibrationMethod.MinMax,
                             # Relu/Clip stay nodes, so a node kept float keeps its activation; ONNX Runtime
@@ -105,33 +117,37 @@ def int8(ctx, path):
                             extra_options={"QDQKeepRemovableActivations": True})
         finally:
             logging.getLogger().setLevel(root_level)
-        qdq, float_model = onnx.load(str(full)), onnx.load(str(prepped))
-        observed = onnx_ranges.observe(float_model, qdq, ctx.calibration)
-        stages.lap("calibration")
-        models = {}  # method -> QDQ model with those ranges
 
-        def write(method):  # the fully quantized file with these activation ranges
-            out = work / f"ranges-{method.replace('@', '-from-')}.onnx"
-            models[method] = onnx_ranges.with_ranges(qdq, float_model, observed, method)
-            onnx.save(models[method], str(out))
-            return out
+    def write(self, method, path):
+        import onnx
 
-        method, ranges_record, full_measured = ranges.choose(
-            write, lambda path: measure(path, ctx.validation), ctx.budget.misses, ctx.ranges, ctx.log)
-        qdq = models[method]
-        stages.lap("activation ranges")
+        from . import onnx_ranges
 
-        def quantize(excluded, out):
-            onnx.save(float_nodes(qdq, float_model, excluded) if excluded else qdq, str(out))
+        self.models[method] = onnx_ranges.with_ranges(self.qdq, self.float_model, self.observed, method)
+        onnx.save(self.models[method], str(path))
+        return path
 
-        chosen, record = search(quantize, candidates, ctx.validation, ctx.budget, work, ctx.log, ".onnx",
-                                full=full_measured)
-        proto = onnx.load(str(chosen))
-        onnx.save(_metadata(proto, ctx), str(path))
-        stages.lap("fallback")
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-    return {"opset": OPSET, "calibration_images": len(ctx.calibration), "activation_ranges": ranges_record,
-            "quantization": "QDQ, per-channel symmetric int8 weights, asymmetric uint8 activations; "
-                            "ops kept float by the fallback get float weights and float outputs", "fallback": record,
-            "stage_seconds": stages}
+    def use(self, method):
+        self.qdq = self.models[method]
+
+    def candidates(self, full):
+        return self._candidates
+
+    def quantize(self, excluded, path):
+        import onnx
+
+        from .onnx_graph import float_nodes
+
+        onnx.save(float_nodes(self.qdq, self.float_model, excluded) if excluded else self.qdq, str(path))
+
+    def finish(self, src, path):
+        import onnx
+
+        onnx.save(_metadata(onnx.load(str(src)), self.ctx), str(path))
+
+
+def int8(ctx, path):
+    """ONNX int8 through the int8 driver (export/int8.py)."""
+    from .int8 import export_int8
+
+    return export_int8(OnnxInt8, ctx, path)

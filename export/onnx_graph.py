@@ -19,14 +19,30 @@ def float_nodes(qdq, float_model, names):
     m = copy.deepcopy(qdq)
     g = m.graph
     names = set(names)
-    float_nodes_by_name = {n.name: n for n in float_model.graph.node}
-    float_inits = {i.name: i for i in float_model.graph.initializer}
     have = {i.name for i in g.initializer}
     producer = {o: n for n in g.node for o in n.output}
     consumers = {}
     for n in g.node:
         for i in n.input:
             consumers.setdefault(i, []).append(n)
+    bypass = _float_weights(g, float_model, names, have, producer, consumers)
+    # a node without weights that reads only float tensors (a pool, a Squeeze, the softmax after
+    # float ops) computes in float too: quantizing its output again would only round it
+    for n in g.node:
+        if n.name in names or n.op_type in ("QuantizeLinear", "DequantizeLinear"):
+            continue
+        sources = [_source(i, producer) for i in n.input if i and i not in have]
+        if sources and all(src in bypass for src in sources):
+            bypass.update(n.output)
+    _drop_qdq(g, bypass, consumers)
+    return m
+
+
+def _float_weights(g, float_model, names, have, producer, consumers):
+    """Give the named nodes their float weights and bias back; returns the tensors that stay float:
+    their outputs, and those of the Relu/Clip fused with them."""
+    float_nodes_by_name = {n.name: n for n in float_model.graph.node}
+    float_inits = {i.name: i for i in float_model.graph.initializer}
     bypass = set()
     for n in g.node:
         if n.name not in names:
@@ -47,15 +63,12 @@ def float_nodes(qdq, float_model, names):
             for c in _readers(out, consumers):
                 if c.op_type in ("Relu", "Clip"):  # the activation fused with it: its output stays float too
                     bypass.update(c.output)
-    # a node without weights that reads only float tensors (a pool, a Squeeze, the softmax after
-    # float ops) computes in float too: quantizing its output again would only round it
-    for n in g.node:
-        if n.name in names or n.op_type in ("QuantizeLinear", "DequantizeLinear"):
-            continue
-        sources = [_source(i, producer) for i in n.input if i and i not in have]
-        if sources and all(src in bypass for src in sources):
-            bypass.update(n.output)
-    # drop the Q/DQ pairs on the bypassed tensors: consumers of the DQ read the float tensor
+    return bypass
+
+
+def _drop_qdq(g, bypass, consumers):
+    """Remove the Q/DQ pairs on the bypassed tensors (their readers read the float tensor), then the
+    dequantize nodes and weights nothing reads any more."""
     drop = []
     for q in [n for n in g.node if n.op_type == "QuantizeLinear" and n.input[0] in bypass]:
         for dq in [n for n in consumers.get(q.output[0], []) if n.op_type == "DequantizeLinear"]:
@@ -70,14 +83,12 @@ def float_nodes(qdq, float_model, names):
         drop.append(q)
     for n in drop:
         g.node.remove(n)
-    # dequantize nodes and weights nothing reads any more
     used = {i for n in g.node for i in n.input} | {o.name for o in g.output}
     for dq in [n for n in g.node if n.op_type == "DequantizeLinear" and n.output[0] not in used]:
         g.node.remove(dq)
     used = {i for n in g.node for i in n.input}
     for init in [i for i in g.initializer if i.name not in used]:
         g.initializer.remove(init)
-    return m
 
 
 def _source(tensor, producer):

@@ -70,35 +70,48 @@ FALLBACK_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "ADD", "MEAN"
 FLOAT_ALWAYS = ["SOFTMAX"]  # see quantize_model in int8
 
 
-def int8(ctx, path):
-    """Post-training full integer, calibrated once; then the accuracy-aware fallback (export/fallback.py).
+class TFLiteInt8:
+    """Post-training full integer TFLite for the int8 driver (export/int8.py): calibrated once, then
+    quantized again for each set of ops kept float, which takes well under a second, so the fallback
+    never repeats the expensive conversion and calibration."""
+    suffix = ".tflite"
 
-    The calibrated float model is quantized again for each set of ops kept float, which takes
-    well under a second, so the search never repeats the expensive conversion and calibration.
-    """
-    import tempfile
+    def __init__(self, ctx, work):
+        self.ctx, self.work, self.models = ctx, work, {}  # method -> calibrated model with those ranges
+        self.record = {"float_always": FLOAT_ALWAYS}
 
-    tf = _tf()  # first: the import below would load TensorFlow loudly
-    from tensorflow.lite.python.convert import mlir_quantize
+    def calibrate(self):
+        from . import tflite_ranges
 
-    from . import ranges, tflite_ranges
-    from .fallback import measure, search
-    from .stages import Stages
+        tf = _tf()
+        c = _run_converter(self.ctx)
+        c.optimizations = [tf.lite.Optimize.DEFAULT]
+        c.representative_dataset = _representative(self.ctx.calibration[:1])  # lays out the statistics; observe() fills them
+        c._experimental_calibrate_only = True  # noqa: SLF001  (the public QuantizationDebugger does the same)
+        self.calibrated, self.observed = tflite_ranges.observe(c.convert(), self.ctx.calibration)
 
-    stages = Stages()
-    c = _run_converter(ctx)
-    c.optimizations = [tf.lite.Optimize.DEFAULT]
-    c.representative_dataset = _representative(ctx.calibration[:1])  # lays out the statistics; observe() fills them
-    c._experimental_calibrate_only = True  # noqa: SLF001  (the public QuantizationDebugger does the same)
-    calibrated, observed = tflite_ranges.observe(c.convert(), ctx.calibration)
-    stages.lap("calibration")
+    def write(self, method, path):
+        from . import tflite_ranges
 
-    def quantize_model(model, excluded, out):
+        self.models[method] = tflite_ranges.with_ranges(self.calibrated, self.observed, method)
+        return self._quantize(self.models[method], [], path)
+
+    def use(self, method):
+        self.calibrated = self.models[method]
+
+    def quantize(self, excluded, path):
+        self._quantize(self.calibrated, excluded, path)
+
+    @staticmethod
+    def _quantize(model, excluded, out):
         # what TFLiteConverter.convert() itself calls after calibration, plus the ops kept float.
         # The softmax always stays float: int8 softmax reads int8 logits, and a from-scratch ResNet-50's
-        # logits span -79..41, a step of 0.47 that alone flipped 8% of near-tie predictions (Leeds).
+        # logits can span a hundred units, a step coarse enough to flip near-tie predictions (docs/export.md).
         # In float it reads the same int8 logits when the dense layer is quantized, and float logits
         # when the fallback keeps that layer float; it costs one dequantize of a few numbers.
+        tf = _tf()  # first: the import below would load TensorFlow loudly
+        from tensorflow.lite.python.convert import mlir_quantize
+
         from train.shared.tf_setup import quiet_fds
 
         with quiet_fds():  # it prints "fully_quantize: 0, inference_type: 6, ..." on every call
@@ -107,35 +120,27 @@ def int8(ctx, path):
         _write(out, flatbuffer)
         return out
 
-    with tempfile.TemporaryDirectory(prefix="tflite-int8-") as work:
-        models = {}  # method -> calibrated model with those ranges
+    def candidates(self, full):
+        return _quantized_op_outputs(full)
 
-        def write(method):  # the fully quantized file with these activation ranges
-            models[method] = tflite_ranges.with_ranges(calibrated, observed, method)
-            return quantize_model(models[method], [], f"{work}/ranges-{method.replace('@', '-from-')}.tflite")
+    @staticmethod
+    def compact(src, dst):
+        from .tflite_hybrid import int8_weights
 
-        method, ranges_record, full = ranges.choose(
-            write, lambda path: measure(path, ctx.validation), ctx.budget.misses, ctx.ranges, ctx.log)
-        calibrated = models[method]
-        stages.lap("activation ranges")
+        flatbuffer, ops = int8_weights(open(src, "rb").read())
+        _write(dst, flatbuffer)
+        return ops
 
-        def quantize(excluded, out):
-            quantize_model(calibrated, excluded, out)
+    @staticmethod
+    def finish(src, path):
+        _copy(src, path)
 
-        def compact(src, dst):
-            from .tflite_hybrid import int8_weights
 
-            flatbuffer, ops = int8_weights(open(src, "rb").read())
-            _write(dst, flatbuffer)
-            return ops
+def int8(ctx, path):
+    """Post-training full integer, through the int8 driver (export/int8.py)."""
+    from .int8 import export_int8
 
-        candidates = _quantized_op_outputs(full[0])
-        chosen, record = search(quantize, candidates, ctx.validation, ctx.budget, work, ctx.log, ".tflite", full=full,
-                                compact=compact)
-        _copy(chosen, path)
-        stages.lap("fallback")
-    return {"calibration_images": len(ctx.calibration), "activation_ranges": ranges_record,
-            "float_always": FLOAT_ALWAYS, "fallback": record, "stage_seconds": stages}
+    return export_int8(TFLiteInt8, ctx, path)
 
 
 def _quantized_op_outputs(path):

@@ -104,3 +104,17 @@ class EpochCheckpoint(keras.callbacks.Callback):
         improved = value is not None and value < self.store.state.get("best", np.inf)
         self.store.save_epoch(self.model, self.phase, epoch + 1, row, improved, value,
                               {name: cb.get_state() for name, cb in self.watched.items()})
+
+
+class EpochProgress(keras.callbacks.Callback):
+    """Epochs done of the phase, with the time left at the rate so far (Keras shows the epoch itself)."""
+
+    def __init__(self, phase, start, epochs):
+        super().__init__()
+        from .shared.progress import Progress
+
+        self.progress = Progress("train", epochs - start, f"epochs of phase {phase}")
+        self.start = start
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.progress.update(epoch + 1 - self.start, "early stop" if self.model.stop_training else "")

@@ -211,35 +211,10 @@ def train(options):
     run, resuming = choose_run(cfg, run_arg, overwrite) if chief else worker_run(cfg, run_arg, overwrite)
 
     if resuming:
-        state = run.state()
-        samples = run.split()
-        class_names = run.class_names()
-        cfg = run.config()
+        state, samples, class_names, cfg = run.state(), run.split(), run.class_names(), run.config()
         log(f"resuming {run.path} at phase {state['phase']}, epoch {state['epoch']}")
     else:
-        samples, report = prepare_data(cfg)
-        class_names = sorted(report["per_class"])
-        run.path.mkdir(parents=True, exist_ok=True)
-        train_labels = [class_names.index(s.label) for s in samples if s.subset == "train"]
-        weights = D.class_weights(train_labels, len(class_names)) if cfg["use_class_weights"] else None
-        cfg.update(
-            classes=class_names,
-            class_weights={class_names[i]: w for i, w in weights.items()} if weights else None,
-            preprocessing=contract(*cfg["image_size"]),
-            versions=package_versions(),
-            started_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            command=" ".join(sys.argv),
-        )
-        write_json(run.data_report, report)
-        write_split(run.split_file, samples)
-        write_text(run.labels, "\n".join(class_names) + "\n")
-        write_json(run.config_file, cfg)
-        state = {"status": "training", "phase": 1, "epoch": 0, "phase_complete": False, "history": []}
-        write_json(run.state_file, state)
-        used = report["images_used"]
-        log(f"{used} images in {len(class_names)} classes ({report['skipped']} skipped: {report['skipped_by_reason'] or 'none'}); "
-            f"split train/val/test = {sum(report['split']['train'].values())}/{sum(report['split']['val'].values())}/"
-            f"{sum(report['split']['test'].values())}")
+        state, samples, class_names, cfg = start_run(run, cfg)
     log(f"run folder: {run.path}" if chief else f"scratch folder (the chief writes {run_arg}): {run.path}")
     if cfg.get("logical_cpus", 0) > 1 or cfg.get("strategy") == "multiworker" or os.environ.get("TF_CONFIG"):
         # Several CPU replicas: the last, partial batch leaves one replica an empty batch, and oneDNN's
@@ -254,100 +229,111 @@ def train(options):
     return Run(run_arg) if not chief else run
 
 
-def _fit_and_finish(run, cfg, samples, class_names, state):
-    from .shared.tf_setup import device_summary, import_tensorflow
+def start_run(run, cfg):
+    """Scan and split the data and write what the run folder holds before training: (state, samples, classes, cfg)."""
+    samples, report = prepare_data(cfg)
+    class_names = sorted(report["per_class"])
+    run.path.mkdir(parents=True, exist_ok=True)
+    train_labels = [class_names.index(s.label) for s in samples if s.subset == "train"]
+    weights = D.class_weights(train_labels, len(class_names)) if cfg["use_class_weights"] else None
+    cfg = dict(cfg, classes=class_names,
+               class_weights={class_names[i]: w for i, w in weights.items()} if weights else None,
+               preprocessing=contract(*cfg["image_size"]), versions=package_versions(),
+               started_at=datetime.now(timezone.utc).isoformat(timespec="seconds"), command=" ".join(sys.argv))
+    write_json(run.data_report, report)
+    write_split(run.split_file, samples)
+    write_text(run.labels, "\n".join(class_names) + "\n")
+    write_json(run.config_file, cfg)
+    state = {"status": "training", "phase": 1, "epoch": 0, "phase_complete": False, "history": []}
+    write_json(run.state_file, state)
+    split = report["split"]
+    log(f"{report['images_used']} images in {len(class_names)} classes ({report['skipped']} skipped: "
+        f"{report['skipped_by_reason'] or 'none'}); split train/val/test = {sum(split['train'].values())}/"
+        f"{sum(split['val'].values())}/{sum(split['test'].values())}")
+    return state, samples, class_names, cfg
 
-    tf = import_tensorflow()
-    log(f"training runs on {device_summary()}")
-    import tf_keras as keras
 
-    from .augment import augmenter, preview
-    from .callbacks import EarlyStopping, EpochCheckpoint, ReduceLROnPlateau, Warmup, WarmupCosine, restore_optimizer
-    from .model import build_model, compile_for_training, set_phase, unfreeze_start
-    from .pipeline import dataset
+class Data:
+    """The run's subsets as tf.data pipelines, with what training needs to know about them."""
 
-    keras.utils.set_random_seed(cfg["seed"])
+    def __init__(self, cfg, samples, class_names):
+        from .augment import augmenter
+        from .pipeline import dataset
+
+        self.index = {c: i for i, c in enumerate(class_names)}
+        self.root = Path(cfg["data_root"])
+        self.subset = {k: [s for s in samples if s.subset == k] for k in ("train", "val", "test")}
+        self.augment = augmenter(cfg["augment"], cfg["seed"], cfg.get("flip", True))
+        size = cfg["image_size"]
+        n_cached = len(self.subset["train"]) + len(self.subset["val"])
+        cache = D.cache_in_memory(n_cached, size, cfg.get("cache_limit_gb", 2.0))
+        log(f"input pipeline: {n_cached} training and validation images, {D.decoded_bytes(n_cached, size) / 2**20:.0f} MiB "
+            + ("decoded, cached in memory" if cache else f"decoded: over --cache-limit-gb {cfg.get('cache_limit_gb', 2.0):g}, "
+               "so decoded again every epoch, not cached"))
+        self.train = dataset(self.root, self.subset["train"], self.index, size, cfg["batch_size"], training=True,
+                             augment=self.augment, seed=cfg["seed"], cache=cache)
+        self.val = dataset(self.root, self.subset["val"], self.index, size, cfg["batch_size"], cache=cache)
+        self.monitor = "val_loss" if self.subset["val"] else "loss"
+        self.class_weight = ({self.index[c]: w for c, w in cfg["class_weights"].items()} if cfg["use_class_weights"]
+                             else None)
+
+    def preview(self, cfg, path):
+        """A PNG of original and augmented training samples, once per run."""
+        from edge_runtime.preprocess import load_pixels
+
+        from .augment import preview
+
+        if path.exists() or self.augment is None:
+            return
+        picks = self.subset["train"][:: max(1, len(self.subset["train"]) // 4)][:4]
+        preview([load_pixels(self.root / s.path, cfg["image_size"]) for s in picks], cfg["augment"], path,
+                seed=cfg["seed"], flip=cfg.get("flip", True))
+
+
+def _strategy(cfg):
+    import tensorflow as tf
+
     strategy = make_strategy(cfg)
     if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
         log(f"MultiWorkerMirroredStrategy over {strategy.num_replicas_in_sync} replicas "
             f"({len(tf_config()['cluster'].get('worker', [])) + len(tf_config()['cluster'].get('chief', []))} workers)")
     elif strategy.num_replicas_in_sync > 1:
         log(f"{type(strategy).__name__} over {strategy.num_replicas_in_sync} devices")
+    return strategy
+
+
+def _fit_and_finish(run, cfg, samples, class_names, state):
+    from .model import build_model, unfreeze_start
+    from .shared.tf_setup import device_summary, import_tensorflow
+
+    tf = import_tensorflow()
+    log(f"training runs on {device_summary()}")
+    import tf_keras as keras
+
+    keras.utils.set_random_seed(cfg["seed"])
+    strategy = _strategy(cfg)
     if cfg["mixed_precision"]:
         keras.mixed_precision.set_global_policy("mixed_float16")
-    index = {c: i for i, c in enumerate(class_names)}
-    root = Path(cfg["data_root"])
-    subset = {k: [s for s in samples if s.subset == k] for k in ("train", "val", "test")}
-    aug = augmenter(cfg["augment"], cfg["seed"], cfg.get("flip", True))
-    size = cfg["image_size"]
-    n_cached = len(subset["train"]) + len(subset["val"])
-    cache = D.cache_in_memory(n_cached, size, cfg.get("cache_limit_gb", 2.0))
-    log(f"input pipeline: {n_cached} training and validation images, {D.decoded_bytes(n_cached, size) / 2**20:.0f} MiB "
-        + ("decoded, cached in memory" if cache else
-           f"decoded: over --cache-limit-gb {cfg.get('cache_limit_gb', 2.0):g}, so decoded again every epoch, not cached"))
-    train_ds = dataset(root, subset["train"], index, size, cfg["batch_size"], training=True, augment=aug, seed=cfg["seed"],
-                       cache=cache)
-    val_ds = dataset(root, subset["val"], index, size, cfg["batch_size"], cache=cache)
-    monitor = "val_loss" if subset["val"] else "loss"
-    class_weight = {index[c]: w for c, w in cfg["class_weights"].items()} if cfg["use_class_weights"] else None
-
-    if not run.augment_preview.exists() and aug is not None:
-        from edge_runtime.preprocess import load_pixels
-        picks = subset["train"][:: max(1, len(subset["train"]) // 4)][:4]
-        preview([load_pixels(root / s.path, size) for s in picks], cfg["augment"], run.augment_preview, seed=cfg["seed"],
-                flip=cfg.get("flip", True))
-
+    data = Data(cfg, samples, class_names)
+    data.preview(cfg, run.augment_preview)
     with strategy.scope():
         model = build_model(cfg, len(class_names))
     if cfg["epochs_finetune"] > 0:
         unfreeze_start(model, cfg)  # a misspelt --unfreeze-from fails now, not after phase 1
     store = Store(run, state)
-    verbose = 1 if sys.stdout.isatty() else 2
     if state.get("phase_complete") or state["epoch"] > 0:
         store.load_weights(model, "last.npz")
-
+    training = Phases(run, cfg, model, strategy, store, state, data, len(class_names))
     for phase, epochs, lr in ((1, cfg["epochs_head"], cfg["lr"]), (2, cfg["epochs_finetune"], cfg["lr_finetune"])):
         if phase < state["phase"] or (phase == state["phase"] and state.get("phase_complete")):
             continue
-        resume = phase == state["phase"] and state["epoch"] > 0
-        start = state["epoch"] if resume else 0
-        cb_state = state.get("callbacks", {}) if resume else {}
-        if resume and cb_state.get("early_stopping", {}).get("wait", 0) >= cfg["patience"]:
-            start = epochs  # it had already stopped early
-        if phase == 1 and start < epochs and uses_probe(cfg):
-            _probe_phase(model, cfg, store, state, root, subset, index, class_weight, len(class_names), val_ds)
-            start = epochs
-        if start < epochs:
-            with strategy.scope():
-                trainable = set_phase(model, phase, cfg)
-                compile_for_training(model, cfg, lr)
-                if resume:
-                    with np.load(store.path("optimizer.npz")) as z:
-                        restore_optimizer(model.optimizer, model, [z[f"arr_{i}"] for i in range(len(z.files))])
-                    keras.backend.set_value(model.optimizer.learning_rate, state["lr"])
-            log(f"phase {phase} ({phase_description(cfg, phase)}): "
-                f"{trainable:,} trainable parameters, epochs {start + 1}..{epochs}, lr {lr:g}")
-            es = EarlyStopping(monitor=monitor, patience=cfg["patience"], resume_state=cb_state.get("early_stopping"))
-            resumable = {"early_stopping": es}
-            warmup = cfg.get("warmup_epochs") or 0
-            if cfg.get("schedule", "plateau") == "cosine":
-                schedule = [WarmupCosine(lr, epochs, warmup=warmup)]
-            else:
-                resumable["reduce_lr"] = ReduceLROnPlateau(
-                    monitor=monitor, factor=0.3, patience=cfg["lr_patience"], min_lr=1e-7, verbose=1,
-                    resume_state=cb_state.get("reduce_lr"))
-                schedule = ([Warmup(lr, warmup)] if warmup else []) + [resumable["reduce_lr"]]
-            callbacks = [es] + schedule + [keras.callbacks.TensorBoard(str(run.logs / f"phase{phase}"), profile_batch=0),
-                                           EpochCheckpoint(store, phase, monitor, resumable)]
-            model.fit(train_ds, validation_data=val_ds if subset["val"] else None, epochs=epochs, initial_epoch=start,
-                      class_weight=class_weight, callbacks=callbacks, verbose=verbose)
+        training.run(phase, epochs, lr)
         # the phase ends on its best weights (best over all phases so far)
         if store.path("best.npz").exists():
             store.load_weights(model, "best.npz")
         store.save_weights(model, "last.npz")
         state.update(phase=phase, epoch=epochs, phase_complete=True)
         store.commit()
-
     if cfg["mixed_precision"]:  # the saved inference model is plain float32
         keras.mixed_precision.set_global_policy("float32")
         f32 = build_model({**cfg, "weights": "none"}, len(class_names))
@@ -355,7 +341,66 @@ def _fit_and_finish(run, cfg, samples, class_names, state):
         model = f32
     if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
         log(f"weights fingerprint {weights_fingerprint(model)}")  # equal on every worker, or they drifted apart
-    _finish(run, cfg, model, subset, index, class_names, state)
+    _finish(run, cfg, model, data.subset, data.index, class_names, state)
+
+
+class Phases:
+    """The two phases of one run, each from its first epoch or where an interrupted run left it."""
+
+    def __init__(self, run, cfg, model, strategy, store, state, data, num_classes):
+        self.run_folder, self.cfg, self.model, self.strategy = run, cfg, model, strategy
+        self.store, self.state, self.data, self.num_classes = store, state, data, num_classes
+
+    def run(self, phase, epochs, lr):
+        """Train one phase, from its first epoch or where an interrupted run left it."""
+        import tf_keras as keras
+
+        from .callbacks import restore_optimizer
+        from .model import compile_for_training, set_phase
+
+        cfg, state, store, model, data = self.cfg, self.state, self.store, self.model, self.data
+        resume = phase == state["phase"] and state["epoch"] > 0
+        start = state["epoch"] if resume else 0
+        cb_state = state.get("callbacks", {}) if resume else {}
+        if resume and cb_state.get("early_stopping", {}).get("wait", 0) >= cfg["patience"]:
+            start = epochs  # it had already stopped early
+        if phase == 1 and start < epochs and uses_probe(cfg):
+            _probe_phase(model, cfg, store, state, data.root, data.subset, data.index, data.class_weight, self.num_classes,
+                         data.val)
+            start = epochs
+        if start >= epochs:
+            return
+        with self.strategy.scope():
+            trainable = set_phase(model, phase, cfg)
+            compile_for_training(model, cfg, lr)
+            if resume:
+                with np.load(store.path("optimizer.npz")) as z:
+                    restore_optimizer(model.optimizer, model, [z[f"arr_{i}"] for i in range(len(z.files))])
+                keras.backend.set_value(model.optimizer.learning_rate, state["lr"])
+        log(f"phase {phase} ({phase_description(cfg, phase)}): "
+            f"{trainable:,} trainable parameters, epochs {start + 1}..{epochs}, lr {lr:g}")
+        model.fit(data.train, validation_data=data.val if data.subset["val"] else None, epochs=epochs, initial_epoch=start,
+                  class_weight=data.class_weight, callbacks=self.callbacks(phase, epochs, lr, start, cb_state),
+                  verbose=1 if sys.stdout.isatty() else 2)
+
+    def callbacks(self, phase, epochs, lr, start, cb_state):
+        """Early stopping, the learning-rate schedule, TensorBoard, the checkpoint and progress of one phase."""
+        import tf_keras as keras
+
+        from .callbacks import EarlyStopping, EpochCheckpoint, EpochProgress, ReduceLROnPlateau, Warmup, WarmupCosine
+
+        cfg, data = self.cfg, self.data
+        es = EarlyStopping(monitor=data.monitor, patience=cfg["patience"], resume_state=cb_state.get("early_stopping"))
+        resumable = {"early_stopping": es}
+        warmup = cfg.get("warmup_epochs") or 0
+        if cfg.get("schedule", "plateau") == "cosine":
+            schedule = [WarmupCosine(lr, epochs, warmup=warmup)]
+        else:
+            resumable["reduce_lr"] = ReduceLROnPlateau(monitor=data.monitor, factor=0.3, patience=cfg["lr_patience"],
+                                                       min_lr=1e-7, verbose=1, resume_state=cb_state.get("reduce_lr"))
+            schedule = ([Warmup(lr, warmup)] if warmup else []) + [resumable["reduce_lr"]]
+        return [es] + schedule + [keras.callbacks.TensorBoard(str(self.run_folder.logs / f"phase{phase}"), profile_batch=0),
+                                  EpochCheckpoint(self.store, phase, data.monitor, resumable), EpochProgress(phase, start, epochs)]
 
 
 def weights_fingerprint(model):

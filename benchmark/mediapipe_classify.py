@@ -1,8 +1,15 @@
-"""Run by tests/test_mobile.py inside a venv holding mediapipe: ImageClassifier on pre-resized uint8 RGB images.
+"""MediaPipe Tasks' ImageClassifier on our .tflite files, as an Android, iOS or web app would run them.
 
-python mediapipe_classify.py MODEL.tflite PIXELS.npy OUT.json -> every category per image, best first.
+Run it with a Python that has mediapipe (its own venv: its absl pin conflicts with this project's), by path:
+
+    python benchmark/mediapipe_classify.py MODEL.tflite PIXELS.npy OUT.json
+
+PIXELS.npy: uint8 RGB images already at the model's input size. OUT.json: every category per image, best
+first. It imports nothing from this project; tests/test_mobile.py runs it.
 """
-import json, sys
+import json
+import sys
+
 import numpy as np
 import mediapipe as mp
 from mediapipe.tasks import python as mp_tasks
