@@ -19,12 +19,12 @@ from train.shared.metrics import (PARITY, agreement, classification_metrics, mcn
                            parity_misses, wilson_interval)
 
 from edge_runtime.timing import DEFAULTS as TIMING_DEFAULTS
+from train.shared.progress import heartbeat, logger
 
 REFERENCE = "keras"
 
 
-def log(msg):
-    print(f"[benchmark] {msg}", flush=True)
+log = logger("benchmark")
 
 
 def all_cores():
@@ -146,7 +146,9 @@ def run_worker(job, workdir):
     """One measurement in a fresh interpreter; returns its result dict, or raises RuntimeError with its last error line."""
     job_file = Path(workdir) / f"{job['name']}-{job['threads']}.job.json"
     job_file.write_text(json.dumps(job))
-    proc = subprocess.run([sys.executable, "-m", "benchmark.worker", str(job_file)], capture_output=True, text=True)
+    what = {"tune": "trying runtime settings"}.get(job["kind"], f"measuring at {job['threads']} thread(s)")
+    with heartbeat("benchmark", f"{job['name']}: {what}"):
+        proc = subprocess.run([sys.executable, "-m", "benchmark.worker", str(job_file)], capture_output=True, text=True)
     if proc.returncode != 0:
         lines = [l for l in proc.stderr.strip().splitlines() if l.strip()]
         errors = [l for l in lines if l.startswith("error:") or "Error" in l]

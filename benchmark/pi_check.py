@@ -32,6 +32,7 @@ import time
 from pathlib import Path
 
 from edge_runtime.files import write_json
+from train.shared.progress import logger
 
 SUITE = "bookworm"  # Raspberry Pi OS 12 is built on it: Python 3.11.2, glibc 2.36
 GLIBC_MINOR = 36
@@ -62,8 +63,7 @@ class Failed(Exception):
     """The bundle does not install or run on the emulated Pi; the message says what (exit 1)."""
 
 
-def log(msg):
-    print(f"[pi-check] {msg}", flush=True)
+log = logger("pi-check")
 
 
 def _run(cmd, what, **kw):

@@ -24,12 +24,12 @@ import numpy as np
 
 from edge_runtime.errors import InputError
 from edge_runtime.files import write_json, write_text
+from train.shared.progress import logger
 
 PIPELINE_MIN_RATIO = 1.5
 
 
-def log(msg):
-    print(f"[scale-check] {msg}", flush=True)
+log = logger("scale-check")
 
 
 def class_look(c):

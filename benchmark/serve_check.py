@@ -35,13 +35,13 @@ import numpy as np
 from edge_runtime.errors import InputError
 from edge_runtime.files import write_json, write_text
 from edge_runtime.timing import summarize
+from train.shared.progress import logger
 
 CONCURRENCY = (1, 4, 16)
 GOALS = {"c1_overhead_ms": 2.0, "c4_over_c1": 1.5, "rss_growth": 0.10}
 
 
-def log(msg):
-    print(f"[serve-check] {msg}", flush=True)
+log = logger("serve-check")
 
 
 def free_port():

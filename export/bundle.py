@@ -28,6 +28,7 @@ from edge_runtime.classifier import LABELS, Classifier
 from edge_runtime.errors import InputError
 from edge_runtime.files import MANIFEST, atomic_path, sha256_file
 from edge_runtime.machine import runtime_versions, signature
+from train.shared.progress import logger
 
 from . import runtime_wheel
 from .variants import BY_NAME, VARIANTS
@@ -117,8 +118,7 @@ the queue is full, 504 on timeout) and the service goes on. With systemd, from t
 """
 
 
-def log(msg):
-    print(f"[bundle] {msg}", flush=True)
+log = logger("bundle")
 
 
 # ---------------------------------------------------------------- which files, and are they the measured ones

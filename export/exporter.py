@@ -16,6 +16,7 @@ from edge_runtime.classifier import Classifier
 from edge_runtime.errors import InputError
 from edge_runtime.files import MANIFEST, atomic_path, read_manifest, sha256_file, write_json, write_text
 from edge_runtime.preprocess import load_batch
+from train.shared.progress import Progress, heartbeat, logger
 
 from .variants import select
 
@@ -23,8 +24,7 @@ TOOLS = ("tensorflow", "tf-keras", "tensorflow-model-optimization", "tf2onnx", "
 SMOKE_MIN_AGREEMENT = 0.5  # below this the variant "disagrees with the Keras model on most images"
 
 
-def log(msg):
-    print(f"[export] {msg}", flush=True)
+log = logger("export")
 
 
 class Context:
@@ -69,7 +69,8 @@ class Context:
         float-source TFLite converter reads, instead of each tracing and saving the model again."""
         model = self.model
         t0 = time.time()
-        path = save_traced(model, self.size, self.work / "saved_model")
+        with heartbeat("export", "tracing the model into a SavedModel"):
+            path = save_traced(model, self.size, self.work / "saved_model")
         self.timings["trace and save"] = round(time.time() - t0, 1)
         return path
 
@@ -80,7 +81,8 @@ class Context:
 
         model = self.model
         t0 = time.time()
-        data = convert_float(model, self.size).SerializeToString()
+        with heartbeat("export", "tf2onnx conversion"):
+            data = convert_float(model, self.size).SerializeToString()
         self.timings["tf2onnx"] = round(time.time() - t0, 1)
         return data
 
@@ -102,7 +104,8 @@ class Context:
         from train.model import load_keras
 
         t0 = time.time()
-        model = load_keras(self.run.model)
+        with heartbeat("export", f"loading {self.run.model}"):
+            model = load_keras(self.run.model)
         self.timings["load model"] = round(time.time() - t0, 1)
         return model
 
@@ -222,6 +225,7 @@ def export_run(run, variant_names=None, variants=None, **ctx_options):
 
 
 def _export_each(chosen, ctx, out, manifest, failed):
+    progress = Progress("export", len(chosen), "variants")
     for i, v in enumerate(chosen, 1):
         log(f"[{i}/{len(chosen)}] {v.name} ({v.format}, {v.precision})")
         t0 = time.time()
@@ -259,6 +263,7 @@ def _export_each(chosen, ctx, out, manifest, failed):
                                                 "seconds": round(time.time() - t0, 1)}
             log(f"    FAILED: {error}")
             (out / f"{v.name}.error.log").write_text(traceback.format_exc())
+        progress.update(i, v.name)
         manifest["updated_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
         # shared stages are paid by the first variant that needs them; their cost is listed apart
         manifest["shared_stage_seconds"] = dict(ctx.timings)

@@ -35,6 +35,7 @@ import numpy as np
 from edge_runtime.classifier import Classifier
 from train.shared.metrics import parity_misses
 from train.shared.options import defaults
+from train.shared.progress import Progress
 
 _OPTION = defaults("export")
 
@@ -229,11 +230,11 @@ def _single_ops(build, candidates, validation, before, full, cap, misses, log):
     """(ops kept float, file, its metrics, record) of the single-op search (step 3 of the docstring)."""
     pixels, _, ref = validation
     scores = []
+    progress = Progress("export", len(candidates), "ops ranked by sensitivity (leave-one-out)")
     for i, op in enumerate(candidates, 1):
         p = _probabilities(build([op], "loo"), pixels)
         scores.append((float(np.abs(p - ref).mean()), op))
-        if i % 10 == 0 or i == len(candidates):
-            log(f"  ranking single ops by sensitivity (leave-one-out): {i}/{len(candidates)}")
+        progress.update(i)
     scores.sort()
     chosen, after, path, tried, in_vain = [], before, full, 0, 0
     for _, op in scores[: 2 * cap]:

@@ -6,6 +6,8 @@ import copy
 
 import numpy as np
 
+from train.shared.progress import Progress
+
 from . import ranges
 
 
@@ -44,9 +46,11 @@ def observe(float_model, qdq, images, seed=0):
     session = ort.InferenceSession(m.SerializeToString(), options, providers=["CPUExecutionProvider"])
     input_name = session.get_inputs()[0].name
     seen = ranges.Observations(names, seed)
-    for img in images:
+    progress = Progress("export", len(images), "calibration images observed")
+    for k, img in enumerate(images, 1):
         for t, v in zip(names, session.run(names, {input_name: img[None].astype(np.float32)})):
             seen.add(t, v)
+        progress.update(k)
     return seen.result()
 
 

@@ -136,7 +136,10 @@ def quantization_aware_model(ctx):
         val_ds = dataset(ctx.data_root, val, index, cfg["image_size"], cfg["batch_size"], cache=cache) if val else None
         weights = {index[c]: w for c, w in cfg["class_weights"].items()} if cfg.get("class_weights") else None
         ctx.log(f"  quantization-aware fine-tuning: {ctx.qat_epochs} epoch(s) on {len(ctx.subset('train'))} images")
-        hist = qat.fit(train_ds, validation_data=val_ds, epochs=ctx.qat_epochs, class_weight=weights, verbose=2)
+        from train.callbacks import EpochProgress
+
+        hist = qat.fit(train_ds, validation_data=val_ds, epochs=ctx.qat_epochs, class_weight=weights, verbose=2,
+                       callbacks=[EpochProgress("QAT", 0, ctx.qat_epochs, stage="export")])
         info["qat_history"] = {k: [float(x) for x in v] for k, v in hist.history.items()}
         stages.lap("fine-tune epochs")
     info["qat_seconds"] = round(time.time() - start, 1)

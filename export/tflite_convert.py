@@ -19,6 +19,14 @@ def _run_converter(ctx):
     return _tf().lite.TFLiteConverter.from_saved_model(ctx.saved_model)
 
 
+def _convert(converter, what):
+    """converter.convert(), saying it is still at work: a ResNet-50 takes tens of seconds."""
+    from train.shared.progress import heartbeat
+
+    with heartbeat("export", what):
+        return converter.convert()
+
+
 def _write(path, flatbuffer):
     with open(path, "wb") as f:
         f.write(flatbuffer)
@@ -26,7 +34,7 @@ def _write(path, flatbuffer):
 
 
 def fp32(ctx, path):
-    return _write(path, _run_converter(ctx).convert())
+    return _write(path, _convert(_run_converter(ctx), "float32 conversion"))
 
 
 def fp16(ctx, path):
@@ -34,14 +42,14 @@ def fp16(ctx, path):
     c = _run_converter(ctx)
     c.optimizations = [tf.lite.Optimize.DEFAULT]
     c.target_spec.supported_types = [tf.float16]
-    return _write(path, c.convert())
+    return _write(path, _convert(c, "float16 conversion"))
 
 
 def dynamic(ctx, path):
     tf = _tf()
     c = _run_converter(ctx)
     c.optimizations = [tf.lite.Optimize.DEFAULT]
-    return _write(path, c.convert())
+    return _write(path, _convert(c, "dynamic-range conversion"))
 
 
 def _representative(images):
@@ -61,7 +69,7 @@ def _full_integer(model, ctx, path, images=None):
     c.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
     c.inference_input_type = tf.uint8
     c.inference_output_type = tf.uint8
-    _write(path, c.convert())
+    _write(path, _convert(c, "full-integer conversion"))
     return {"calibration_images": len(ctx.calibration)}
 
 
@@ -88,7 +96,7 @@ class TFLiteInt8:
         c.optimizations = [tf.lite.Optimize.DEFAULT]
         c.representative_dataset = _representative(self.ctx.calibration[:1])  # lays out the statistics; observe() fills them
         c._experimental_calibrate_only = True  # noqa: SLF001  (the public QuantizationDebugger does the same)
-        self.calibrated, self.observed = tflite_ranges.observe(c.convert(), self.ctx.calibration)
+        self.calibrated, self.observed = tflite_ranges.observe(_convert(c, "calibration layout"), self.ctx.calibration)
 
     def write(self, method, path):
         from . import tflite_ranges

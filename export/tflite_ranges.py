@@ -12,6 +12,8 @@ import os
 
 import numpy as np
 
+from train.shared.progress import Progress
+
 from . import ranges
 
 
@@ -54,11 +56,13 @@ def observe(calibrated, images, seed=0):
     interp.allocate_tensors()
     inp = interp.get_input_details()[0]["index"]
     seen = ranges.Observations(tensors, seed)
-    for img in images:
+    progress = Progress("export", len(images), "calibration images observed")
+    for k, img in enumerate(images, 1):
         interp.set_tensor(inp, img[None].astype(np.float32))
         interp.invoke()
         for i in tensors:
             seen.add(i, interp.get_tensor(i))
+        progress.update(k)
     observed = seen.result()
     for i, o in observed.items():
         quant = model.subgraphs[0].tensors[i].quantization

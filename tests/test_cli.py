@@ -161,3 +161,21 @@ def test_console_command_runs_from_any_directory(tmp_path):
     assert_one_line_error(proc, "does not exist")
     proc = subprocess.run([edgeclf, "--help"], cwd=tmp_path, capture_output=True, text=True)
     assert proc.returncode == 0 and "selfcheck" in proc.stdout and "serve-check" in proc.stdout
+
+
+def test_pyproject_pins_agree_with_the_lock():
+    import tomllib
+
+    from packaging.utils import canonicalize_name
+
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    lock = {}
+    for line in (REPO / "requirements.txt").read_text().splitlines():
+        if "==" in line and not line.startswith("#"):
+            name, version = line.split("==")
+            lock[canonicalize_name(name)] = version.strip()
+    pins = project["dependencies"] + project["optional-dependencies"]["test"]
+    for pin in pins:
+        name, version = pin.split("==")
+        assert lock.get(canonicalize_name(name)) == version, pin
+    assert "version" in project["dynamic"]  # one version: edge_runtime.__version__

@@ -109,11 +109,11 @@ class EpochCheckpoint(keras.callbacks.Callback):
 class EpochProgress(keras.callbacks.Callback):
     """Epochs done of the phase, with the time left at the rate so far (Keras shows the epoch itself)."""
 
-    def __init__(self, phase, start, epochs):
+    def __init__(self, phase, start, epochs, stage="train"):
         super().__init__()
         from .shared.progress import Progress
 
-        self.progress = Progress("train", epochs - start, f"epochs of phase {phase}")
+        self.progress = Progress(stage, epochs - start, f"epochs of {phase if isinstance(phase, str) else f'phase {phase}'}")
         self.start = start
 
     def on_epoch_end(self, epoch, logs=None):

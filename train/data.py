@@ -72,8 +72,11 @@ def list_csv(csv_path, root):
     return entries, []
 
 
-def scan(entries, root, empty_classes=(), workers=8, progress=None):
-    """Decode every listed file; return (samples, report). Bad files are counted, not fatal."""
+def scan(entries, root, empty_classes=(), workers=8, progress=False):
+    """Decode every listed file; return (samples, report). Bad files are counted, not fatal.
+    progress: show files checked and the time left."""
+    from .shared.progress import Progress
+
     root = Path(root)
 
     def check(entry):
@@ -85,14 +88,15 @@ def scan(entries, root, empty_classes=(), workers=8, progress=None):
         return rel, label, reason, "" if reason else sha256_file(path)
 
     samples, skipped = [], []
+    shown = Progress("train", len(entries), "files checked") if progress else None
     with ThreadPoolExecutor(workers) as pool:
         for i, (rel, label, reason, digest) in enumerate(pool.map(check, entries), 1):
             if reason:
                 skipped.append({"path": rel, "label": label, "reason": reason})
             else:
                 samples.append(Sample(rel, label, digest))
-            if progress and (i % max(200, len(entries) // 10) == 0 or i == len(entries)):
-                progress(f"checked {i}/{len(entries)} files, {len(skipped)} skipped")
+            if shown and (i % 50 == 0 or i == len(entries)):
+                shown.update(i, f"{len(skipped)} skipped")
     counts = Counter(s.label for s in samples)
     all_labels = sorted(set(l for _, l in entries) | set(empty_classes))
     report = {

@@ -18,12 +18,15 @@ from . import data as D
 from .config import RESUME_KEYS, resolve
 from .shared.run_folder import RUNS_DIR, Run
 from .shared.split import write_split
+from .shared.progress import NORMAL, logger
 from .shared.versions import package_versions
 
+_log = logger("train")
 
 
-def log(msg):
-    print(f"[train{_worker_tag()}] {msg}", flush=True)
+
+def log(msg, level=NORMAL):
+    _log(f"{_worker_tag().strip()}: {msg}" if _worker_tag() else msg, level)
 
 
 def _worker_tag():
@@ -97,7 +100,7 @@ def prepare_data(cfg):
     if not entries:
         raise InputError(f"no files found in {root} (expected one sub-folder per class)")
     t0 = time.time()
-    samples, report = D.scan(entries, root, empty, progress=log)
+    samples, report = D.scan(entries, root, empty, progress=True)
     report["scan_seconds"] = round(time.time() - t0, 2)
     log(f"scanned {len(entries)} files in {report['scan_seconds']:.1f} s")
     D.validate_classes(report, cfg["val_frac"], cfg["test_frac"])

@@ -16,9 +16,13 @@ PLAIN_EVERY = 10.0  # seconds between plain progress lines when not on a termina
 
 
 def set_verbosity(level):
+    """QUIET, NORMAL or VERBOSE for this process and the workers it starts; VERBOSE also lets TensorFlow's
+    own log lines through (set before TensorFlow loads)."""
     global _level
     _level = level
     os.environ["EDGECLF_VERBOSITY"] = str(level)
+    if level >= VERBOSE:
+        os.environ["TF_CPP_MIN_LOG_LEVEL"] = "0"
 
 
 def verbosity():
@@ -50,9 +54,10 @@ class _Line:
 
 
 def logger(stage):
-    """log(msg, level=NORMAL) for one stage: '[stage] msg'. Warnings (level QUIET) always show."""
+    """log(msg, level=NORMAL) for one stage: '[stage] msg'. Warnings (level QUIET, or a message that starts
+    with WARNING) always show."""
     def log(msg, level=NORMAL):
-        if level <= _level:
+        if level <= _level or msg.lstrip().startswith("WARNING"):
             _Line.clear()
             print(f"[{stage}] {msg}", flush=True)
     return log
@@ -73,7 +78,7 @@ class Progress:
         p.update(3, "tflite-int8")     # [benchmark] 3/9 models, 1 min 02 s, about 2 min 05 s left: tflite-int8
     """
 
-    def __init__(self, stage, total, unit="", weights=None):
+    def __init__(self, stage, total, unit=""):
         self.stage, self.total, self.unit = stage, max(1, int(total)), unit
         self.start, self.done, self.last_plain = time.monotonic(), 0, 0.0
 
