@@ -6,7 +6,7 @@ distribution-free 95% interval within ±2%), at 1 thread and at all cores. At 1 
 calls are interleaved, so a slow spell of the machine hits them alike. At all cores each candidate is
 timed on its own, in two passes (candidate order, then reversed) whose calls are pooled: runtimes'
 thread pools spin or sleep between calls, and interleaving them made whichever file ran next to ONNX
-Runtime look two to three times slower than it runs in a process of its own. The lowest p50 at each
+Runtime look several times slower than it runs in a process of its own (docs/deploy.md). The lowest p50 at each
 thread count is the choice, written with its figures and this machine's CPU flags to the bundle's
 selection.json, which predict, serve and watch then use.
 """

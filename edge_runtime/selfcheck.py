@@ -13,10 +13,9 @@ from .preprocess import load_pixels
 # Float kernels sum in another order on NEON than on AVX: a few float32 ulps of a probability.
 FLOAT_TOLERANCE = 1e-4
 # Integer kernels may round a requantization the other way: a number of steps of the output's scale.
-# XNNPACK's integer kernels requantize the same way on ARM and x86 (measured: identical outputs), so
-# TFLite gets one step. ONNX Runtime's ARM and x86 int8 kernels round differently, and a one-step
-# difference inside the network can grow on its way out (measured on the Leeds MobileNet: 2 steps on
-# 1 of 8 images, the same top-1), so ONNX gets four.
+# XNNPACK's integer kernels requantize the same way on ARM and x86, so TFLite gets one step. ONNX
+# Runtime's ARM and x86 int8 kernels round differently, and a one-step difference inside the network
+# can grow on its way out, so ONNX gets four (docs/deploy.md has what was measured).
 OUTPUT_STEPS = {"tflite": 1, "onnx": 4}
 # The reference images decode to the host's pixels exactly: same Pillow, same libjpeg-turbo, integer
 # resampling. A difference means this machine's image stack is not the one the bundle pins.

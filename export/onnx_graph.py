@@ -4,7 +4,7 @@
 between a DequantizeLinear on its input and a QuantizeLinear on its output, and ONNX Runtime's
 WeightBiasQuantization optimizer (run at load time, every optimization level above "disabled")
 quantizes its float weights itself, per tensor. For a depthwise convolution that is ruinous
-(measured on Leeds, MobileNet 0.25: agreement with Keras 0.112 with the depthwise convs "excluded").
+(docs/export.md; a test checks a depthwise conv kept float stays float).
 So a node kept float gets its float weights back and loses the Q/DQ pair on its output (and on the
 output of the Relu/Clip after it, which the quantizer must keep as a node for that: the
 `QDQKeepRemovableActivations` option). Its neighbours read and write float there.

@@ -3,12 +3,9 @@ the activations from some depth of the network on, chosen on the validation spli
 
 Min/max gives each tensor the extremes seen over all calibration images, and a few rare extremes
 coarsen the step for every other value. Clipping at a high percentile trades those values for
-resolution, but not everywhere: near the input the extremes are every image's bright edges (the
-first conv of the 6-epoch ResNet-50 of README table (b) spans 0..9.7, its 99.9th percentile 3.4) and clipping them
-costs more than it gains. Measured on that model's validation split (tflite-int8, true min/max,
-softmax in float), mean probability change against Keras / agreement: min/max 0.0245 / 0.816,
-the 99.9th percentile everywhere 0.0291 / 0.816, from half the ops on 0.0133 / 0.880 (ONNX: 0.0242 /
-0.808 and 0.0137 / 0.912). So each choice below is measured and the best kept. The formats differ
+resolution, but not everywhere: near the input the extremes are every image's bright edges, and
+clipping them costs more than it gains, while deeper in the network it helps (docs/export.md has the
+figures for a ResNet-50). So each choice below is measured on the validation split and the best kept. The formats differ
 only in how activations are observed and ranges written (tflite_ranges.py, onnx_ranges.py).
 """
 from typing import NamedTuple
@@ -40,8 +37,8 @@ def candidates(method):
     if method != "auto":
         parse(method)
         return [method]
-    # p99.99 only for the whole network: from 25, 50 or 75% on it was worse than p99.9 in both formats
-    # on the 6-epoch ResNet-50 of README table (b) (and than p99.99 for the whole network)
+    # p99.99 only for the whole network: from 25, 50 or 75% on it did worse than p99.9 in both formats
+    # and than p99.99 for the whole network (docs/export.md)
     return ["minmax", "p99.99"] + [f"p99.9@{s:g}" if s else "p99.9" for s in FROM]
 
 

@@ -176,7 +176,7 @@ def qat_int8(ctx, path):
     qat_model, info = quantization_aware_model(ctx)
     stages = info["stage_seconds"]  # a Stages: its laps so far are QAT's own
     # the activation ranges come from the QAT model's fake-quant nodes; the converter still asks for
-    # representative images: 32 gave the same validation outputs as 200 on the 6-epoch ResNet-50 of README table (b), 12 s sooner
+    # representative images; a few dozen give the same file as hundreds (docs/export.md), in less time
     out = _full_integer(qat_model, ctx, path, images=ctx.calibration[:QAT_CONVERTER_IMAGES])
     stages.lap("convert")
     out.update(info)

@@ -1,7 +1,7 @@
 """Int8 weights for the ops a TFLite int8 file keeps in float, so keeping them float costs little size.
 
-The converter leaves the ops the accuracy-aware fallback keeps float with float32 weights: on the
-6-epoch ResNet-50 of README table (b) an 18-op float tail took the file from 24 to 71 MB. TFLite's hybrid kernels, the
+The converter leaves the ops the accuracy-aware fallback keeps float with float32 weights, which on a
+ResNet-50's float tail triples the file (docs/export.md has the figures). TFLite's hybrid kernels, the
 ones dynamic-range files run, take per-channel int8 weights with float activations (each input is
 quantized on the fly, per image, to its own range), and XNNPACK runs them with integer arithmetic.
 So those ops' weights are written as int8 the way the dynamic-range converter writes them; the

@@ -4,10 +4,8 @@ samples for percentiles) and writing ranges into it (export/ranges.py says which
 Why not TFLite's own calibrator for min/max: it logs an op's inputs again after the op has run, and
 when the memory planner lets the op write its output over an input (an ADD does), that input gets
 the output's values (tensorflow/tensorflow#127842, open). In a ResNet every residual branch feeds
-such an ADD: on the 6-epoch ResNet-50 of README table (b), conv4_block5_3 was given the max of the block's sum, 329.9,
-where its own max over the same images (Keras agrees) is 98.8, a step three times too coarse on
-every branch of stages 2 to 5; fully quantized, validation agreement was 0.632 with the
-calibrator's ranges and 0.816 with the true ones."""
+such an ADD, and gets its block's sum's range: a step several times too coarse on every branch
+(docs/export.md has the figures, and a test the mechanism on a two-branch model)."""
 import os
 
 import numpy as np

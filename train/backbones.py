@@ -12,7 +12,7 @@ class Backbone:
 
 BACKBONES = {
     "resnet50": Backbone("ResNet50", "caffe", "conv5_block1"),
-    # conv_dw_8, not conv_dw_12: measured better on Leeds at 160 and 224 px over 3 seeds (README ablation)
+    # conv_dw_8, not conv_dw_12: better on Leeds at 160 and 224 px over 3 seeds (docs/training.md, the ablation)
     "mobilenet": Backbone("MobileNet", "tf", "conv_dw_8", has_alpha=True),
     "mobilenet_v2": Backbone("MobileNetV2", "tf", "block_13", has_alpha=True),
     "efficientnet_b0": Backbone("EfficientNetB0", "none", "block6a"),

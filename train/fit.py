@@ -222,7 +222,7 @@ def train(options):
     if cfg.get("logical_cpus", 0) > 1 or cfg.get("strategy") == "multiworker" or os.environ.get("TF_CONFIG"):
         # Several CPU replicas: the last, partial batch leaves one replica an empty batch, and oneDNN's
         # depthwise kernels on AVX-512 machines then fail ("input depth must be evenly divisible by filter
-        # depth: 3 vs 8"; measured here, fine with oneDNN off). Must be set before TensorFlow loads.
+        # depth: 3 vs 8"; fine with oneDNN off). Must be set before TensorFlow loads.
         os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
     try:
         _fit_and_finish(run, cfg, samples, class_names, state)

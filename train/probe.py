@@ -42,7 +42,7 @@ def fit_head(train, val, class_weight, num_classes, grid=C_GRID, log=print):
     (xt, yt), (xv, yv) = train, val
     # Standardised for L-BFGS's sake, but no feature is scaled up by more than the median one:
     # dividing by a near-dead channel's tiny spread blew its weight up, and one outlier weight sets
-    # the int8 scale of the whole head (measured: the int8 logits' error then matched their spread).
+    # the int8 scale of the whole head (docs/training.md).
     mu, spread = xt.mean(0), xt.std(0)
     sigma = np.maximum(spread, np.median(spread)) + 1e-6
     zt, zv = (xt - mu) / sigma, (xv - mu) / sigma
