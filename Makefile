@@ -35,6 +35,7 @@ SEED ?=
 OVERWRITE ?=
 MIXED_PRECISION ?=
 XLA ?=
+PRECISION ?=
 TRAIN_ARGS ?=
 VARIANTS ?=
 CALIB ?=
@@ -42,6 +43,7 @@ QAT_EPOCHS ?=
 EXPORT_ARGS ?=
 MAX_DROP ?=
 MIN_AGREEMENT ?=
+MAX_CLASS_DROP ?=
 BENCH_ARGS ?=
 VARIANT ?=
 CANDIDATES ?=
@@ -58,9 +60,11 @@ TRAIN_OPTS = $(call opt,--data,$(DATA)) $(call opt,--csv,$(CSV)) $(call opt,--ru
   $(call opt,--max-per-class,$(MAX_PER_CLASS)) $(call opt,--augment,$(AUGMENT)) \
   $(call opt,--unfreeze-from,$(UNFREEZE_FROM)) $(call opt,--unfreeze-layers,$(UNFREEZE_LAYERS)) \
   $(call opt,--seed,$(SEED)) $(call flag,--overwrite,$(OVERWRITE)) \
-  $(call flag,--mixed-precision,$(MIXED_PRECISION)) $(call flag,--xla,$(XLA)) $(TRAIN_ARGS)
+  $(call flag,--mixed-precision,$(MIXED_PRECISION)) $(call opt,--precision,$(PRECISION)) $(call flag,--xla,$(XLA)) \
+  $(TRAIN_ARGS)
 # The parity budget: export's fallback aims at it, the benchmark's gate checks it.
-PARITY_OPTS = $(call opt,--max-drop,$(MAX_DROP)) $(call opt,--min-agreement,$(MIN_AGREEMENT))
+PARITY_OPTS = $(call opt,--max-drop,$(MAX_DROP)) $(call opt,--min-agreement,$(MIN_AGREEMENT)) \
+  $(call opt,--max-class-drop,$(MAX_CLASS_DROP))
 EXPORT_OPTS = $(call opt,--run,$(RUN)) $(call opt,--variants,$(VARIANTS)) $(call opt,--calibration-images,$(CALIB)) \
   $(call opt,--qat-epochs,$(QAT_EPOCHS)) $(PARITY_OPTS) $(EXPORT_ARGS)
 BENCH_OPTS = $(call opt,--run,$(RUN)) $(call opt,--variants,$(VARIANTS)) $(PARITY_OPTS) $(BENCH_ARGS)

@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -12,14 +13,16 @@ import numpy as np
 
 from edge_runtime.backends import describe_settings
 from edge_runtime.errors import InputError
-from edge_runtime.files import sha256_file
+from edge_runtime.files import plain_name, sha256_file
 from edge_runtime.preprocess import load_batch
 from export.variants import select
-from train.shared.metrics import (PARITY, agreement, classification_metrics, mcnemar_p, paired_delta_interval,
+from train.shared.metrics import (CLASS_PARITY, PARITY, agreement, class_misses, class_parity, classification_metrics,
+                                  mcnemar_p, paired_delta_interval,
                            parity_misses, wilson_interval)
 
 from edge_runtime.timing import DEFAULTS as TIMING_DEFAULTS
 from train.shared.progress import heartbeat, logger
+from train.shared.scratch import prefix as scratch_prefix
 
 REFERENCE = "keras"
 
@@ -124,6 +127,10 @@ def targets(run, variant_names=None):
     unavailable = {}
     for v in select(variant_names):
         entry = exported.get(v.name)
+        if entry and entry.get("status") == "ok":
+            plain_name(entry.get("file"), f"{run.export_manifest}, {v.name}")
+            if entry.get("reference_model"):
+                plain_name(entry["reference_model"], f"{run.export_manifest}, {v.name}")
         if not entry or entry.get("status") != "ok" or not (run.export_dir / entry["file"]).is_file():
             unavailable[v.name] = (entry or {}).get("error", "not exported")
             continue
@@ -133,8 +140,11 @@ def targets(run, variant_names=None):
             if not source.is_file():
                 unavailable[v.name] = f"its float source {source.name} is missing"
                 continue
+            if entry.get("reference_model_sha256") and sha256_file(source) != entry["reference_model_sha256"]:
+                unavailable[v.name] = f"its float source {source.name} changed since export"
+                continue
             out.append(Target(QAT_SOURCE, "keras", "float32, fake-quant (QAT source)", source, "keras"))
-            agree_ref = QAT_SOURCE
+            agree_ref = entry.get("gate_reference", QAT_SOURCE)  # exports before distillation: their own source
         out.append(Target(v.name, v.format, v.precision, run.export_dir / entry["file"], "edge", agree_ref, entry))
     if len(out) == 1:
         raise InputError(f"{run.path} has no exported variant to benchmark"
@@ -153,7 +163,7 @@ def run_worker(job, workdir):
         lines = [l for l in proc.stderr.strip().splitlines() if l.strip()]
         errors = [l for l in lines if l.startswith("error:") or "Error" in l]
         raise RuntimeError(((errors or lines or ["worker died without a message"])[-1]).removeprefix("error: ")[:300])
-    return json.loads(Path(job["result_out"]).read_text())
+    return json.loads(Path(job["result_out"]).read_text(encoding="utf-8"))
 
 
 FALLBACK_KEYS = ("candidate_ops", "validation_before", "validation_after", "kept_float_layers", "float_from",
@@ -165,18 +175,20 @@ def fallback_summary(fb):
     return {k: fb.get(k) for k in FALLBACK_KEYS}
 
 
-def measure_all(run, variant_names=None, batch=16, timing=None, threads=None, tune=True):
+def measure_all(run, variant_names=None, batch=16, timing=None, threads=None, tune=True, robustness=32):
     """Evaluate and time every target; returns (rows, context) for the report and gate.
 
     tune: first try each exported variant's runtime settings on this machine (on validation images)
-    and measure it with the fastest that keeps its predictions."""
+    and measure it with the fastest that keeps its predictions. robustness: how many test images are also
+    corrupted (benchmark/corruptions.py) to compare the models on; 0 for none."""
     from train.shared.progress import Progress
 
     chosen, unavailable = targets(run, variant_names)
     for name, why in unavailable.items():
         log(f"{name}: no export to measure ({why}); it fails the gate")
-    with tempfile.TemporaryDirectory(prefix="benchmark-") as work:
-        bench = Bench(run, Path(work), batch, dict(TIMING_DEFAULTS, **(timing or {})), threads or all_cores(), tune)
+    with tempfile.TemporaryDirectory(prefix=scratch_prefix("benchmark")) as work:
+        bench = Bench(run, Path(work), batch, dict(TIMING_DEFAULTS, **(timing or {})), threads or all_cores(), tune,
+                      robustness)
         log(f"run {run.path}: {len(bench.paths)} test images, {len(bench.classes)} classes, {len(chosen)} models, "
             f"threads 1 and {bench.cores}")
         progress = Progress("benchmark", len(chosen), "models")
@@ -196,7 +208,9 @@ def measure_all(run, variant_names=None, batch=16, timing=None, threads=None, tu
         if r["status"] == "ok":
             r["speedup_vs_keras"] = ref["p50_ms"] / r["p50_ms"] if r.get("p50_ms") else None
     context = {"test_images": len(bench.paths), "classes": bench.classes, "threads": [1, bench.cores], "batch": batch,
-               "timing": bench.timing, "unavailable": unavailable, "labels": bench.y.tolist()}
+               "timing": bench.timing, "unavailable": unavailable, "labels": bench.y.tolist(),
+               "paths": [str(p.relative_to(run.data_root())) for p in bench.paths],
+               "robustness": bench.robust_context}
     return rows, context
 
 
@@ -217,17 +231,26 @@ def report_order(rows, measured, variant_names):
 class Bench:
     """The test split's pixels, written once for every worker, and each target's measurement."""
 
-    def __init__(self, run, work, batch, timing, cores, tune):
+    def __init__(self, run, work, batch, timing, cores, tune, robustness=0):
         self.work, self.batch, self.timing, self.cores = work, batch, timing, cores
-        self.paths, self.y, pixels = test_set(run)
+        self.paths, self.y, self.pixels = test_set(run)
         self.classes = run.class_names()
-        np.save(work / "pixels.npy", pixels)  # the very same uint8 images reach every model
-        np.save(work / "mobile.npy", mobile_pixels(self.paths, pixels.shape[1:3]))  # and resized the mobile way
+        np.save(work / "pixels.npy", self.pixels)  # the very same uint8 images reach every model
+        np.save(work / "mobile.npy", mobile_pixels(self.paths, self.pixels.shape[1:3]))  # and resized the mobile way
         tune_pixels = tuning_set(run) if tune else None
         self.tune = tune_pixels is not None
         if self.tune:
             np.save(work / "tune.npy", tune_pixels)
-        self.probs = {}
+        self.probs, self.robust, self.robust_context = {}, {}, None
+        if robustness:
+            from .corruptions import corrupted_set, pick
+
+            self.robust_idx = pick(self.y, robustness)
+            t0 = time.time()
+            self.robust_names, corrupted = corrupted_set(self.pixels[self.robust_idx])
+            np.save(work / "robust.npy", corrupted)
+            self.robust_context = {"images": int(len(self.robust_idx)), "corruptions": self.robust_names,
+                                   "seed": 0, "corrupting_seconds": round(time.time() - t0, 2)}
 
     def job(self, t, **kw):
         return {"name": t.name, "kind": t.kind, "model": str(t.path), "pixels": str(self.work / "pixels.npy"),
@@ -247,6 +270,34 @@ class Bench:
             for c in tuned["candidates"]) + f" -> {describe_settings(chosen)}")
         return chosen
 
+    def parity_detail(self, t, own):
+        """Per-class recall against the Keras model's, and every test image whose top-1 differs from the
+        model this one is gated against (the flips), with both answers."""
+        if t.name == REFERENCE:
+            return {}
+        out = {"class_parity": class_parity(self.y, own, self.probs[REFERENCE], self.classes)}
+        ref = self.probs.get(t.agree_ref) if t.agree_ref else None
+        if ref is not None:
+            mine, theirs = own.argmax(1), ref.argmax(1)
+            out["flips"] = [{"index": int(i), "image": str(self.paths[i].name), "true": self.classes[self.y[i]],
+                             "predicted": self.classes[mine[i]], "probability": float(own[i, mine[i]]),
+                             "reference_predicted": self.classes[theirs[i]],
+                             "reference_probability": float(ref[i, theirs[i]])}
+                            for i in np.nonzero(mine != theirs)[0]]
+        return out
+
+    def robustness(self, t, seconds):
+        """Top-1, and agreement with the Keras model on the same corrupted images, for each corruption."""
+        mine, keras = self.robust[t.name], self.robust[REFERENCE]
+        k = len(self.robust_idx)
+        y = self.y[self.robust_idx]
+        by = {}
+        for j, name in enumerate(self.robust_names):
+            p, q = mine[j * k:(j + 1) * k], keras[j * k:(j + 1) * k]
+            by[name] = {"top1": float(np.mean(p.argmax(1) == y)),
+                        "agreement": None if t.name == REFERENCE else float(np.mean(p.argmax(1) == q.argmax(1)))}
+        return {"by_corruption": by, "seconds": seconds}
+
     def measure(self, t):
         """The target's row: accuracy, and cost (from a process with all cores and one with 1 thread)."""
         row = {"variant": t.name, "format": t.format, "precision": t.precision, "file": str(t.path),
@@ -254,13 +305,17 @@ class Bench:
         try:
             extra = {"settings": self.settings(t, row)} if t.kind == "edge" and self.tune else {}
             w = self.work
+            robust = ({"robust_pixels": str(w / "robust.npy"), "robust_probs_out": str(w / f"{t.name}-robust.npy")}
+                      if self.robust_context else {})
             full = run_worker(self.job(t, threads=self.cores, full=True, timed=t.timed, probs_out=str(w / f"{t.name}.npy"),
                                        mobile_pixels=str(w / "mobile.npy"), mobile_probs_out=str(w / f"{t.name}-mobile.npy"),
-                                       result_out=str(w / f"{t.name}-all.json"), **extra), w)
+                                       result_out=str(w / f"{t.name}-all.json"), **robust, **extra), w)
             single = full if self.cores == 1 or not t.timed else run_worker(
                 self.job(t, threads=1, full=False, result_out=str(w / f"{t.name}-1.json"), **extra), w)
             self.probs[t.name] = np.load(w / f"{t.name}.npy")
             mobile = np.load(w / f"{t.name}-mobile.npy")
+            if self.robust_context:
+                self.robust[t.name] = np.load(w / f"{t.name}-robust.npy")
         except RuntimeError as e:
             row.update(status="error", error=str(e))
             log(f"    FAILED: {e}")
@@ -275,6 +330,9 @@ class Bench:
         row.update(mobile_resize_top1=float(np.mean(mobile.argmax(1) == self.y)),
                    mobile_resize_agreement=float(np.mean(mobile.argmax(1) == own.argmax(1))),
                    mobile_resize_max_abs_prob_diff=float(np.abs(mobile - own).max()))
+        row.update(self.parity_detail(t, own))
+        if self.robust_context:
+            row["robustness"] = self.robustness(t, full.get("robustness_seconds"))
         fb = t.entry.get("fallback")
         if fb:
             row.update(float_ops=len(fb["kept_float"]), fallback_met_budget=fb["met_budget"], fallback=fallback_summary(fb),
@@ -320,8 +378,11 @@ def accuracy(y, probs, reference_probs, class_names, agreement_probs=None):
     return out
 
 
-def gate(rows, max_drop=PARITY["max_drop"], min_agreement=PARITY["min_agreement"]):
-    """{variant: [reasons]} for every variant that misses parity, could not be measured, or is missing."""
+def gate(rows, max_drop=PARITY["max_drop"], min_agreement=PARITY["min_agreement"],
+         max_class_drop=CLASS_PARITY["max_class_drop"], class_images=CLASS_PARITY["class_images"],
+         robustness_min_agreement=None):
+    """{variant: [reasons]} for every variant that misses parity (overall, or in a class), could not be measured,
+    or is missing; and, when asked, that parts from the Keras model under a corruption."""
     failures = {}
     for r in rows:
         if r["variant"] in (REFERENCE, QAT_SOURCE):
@@ -333,6 +394,12 @@ def gate(rows, max_drop=PARITY["max_drop"], min_agreement=PARITY["min_agreement"
             failures[r["variant"]] = [f"could not be measured ({r.get('error')})"]
             continue
         reasons = parity_misses(r["top1_change_points"], r["agreement"], max_drop, min_agreement)
+        r["class_misses"] = class_misses(r.get("class_parity") or {}, max_class_drop, class_images)
+        reasons += r["class_misses"]
+        if robustness_min_agreement is not None:
+            reasons += [f"{name}: agreement {v['agreement']:.3f} under corruption (limit {robustness_min_agreement:g})"
+                        for name, v in (r.get("robustness") or {}).get("by_corruption", {}).items()
+                        if v["agreement"] is not None and v["agreement"] < robustness_min_agreement - 1e-12]
         if reasons:
             failures[r["variant"]] = reasons
     return failures

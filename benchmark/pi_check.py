@@ -131,7 +131,7 @@ def ensure_packages(bundle, cache):
     site = cache / f"site-{digest.hexdigest()[:12]}"
     if (site / ".complete").is_file():
         return site
-    names = [l for l in requirements.read_text().splitlines() if l.strip() and not l.startswith("#")]
+    names = [l for l in requirements.read_text(encoding="utf-8").splitlines() if l.strip() and not l.startswith("#")]
     log(f"installing the bundle's requirements for aarch64 ({', '.join(names)})")
     platforms = ["manylinux2014_aarch64"] + [f"manylinux_2_{m}_aarch64" for m in range(17, GLIBC_MINOR + 1)]
     cache.mkdir(parents=True, exist_ok=True)
@@ -229,10 +229,17 @@ def check(run, variants=None, dist=Path("dist"), cache=None, timeout=3600):
     from export.bundle import build
 
     cache = Path(cache or default_cache()).resolve()  # the guest runs in the bundle folder
+    with run.lock("pi-check"):
+        return _check(run, variants, dist, cache, timeout, build)
+
+
+def _check(run, variants, dist, cache, timeout, build):
+    from train.shared import scratch
+
     tarball = build(run, variants, dist)
     ensure_tools()
     root = ensure_rootfs(cache)
-    with tempfile.TemporaryDirectory(prefix="pi-check-") as work:
+    with tempfile.TemporaryDirectory(prefix=scratch.prefix("pi-check")) as work:
         work = Path(work)
         with tarfile.open(tarball) as tar:
             tar.extractall(work, filter="data")
@@ -249,12 +256,12 @@ def check(run, variants=None, dist=Path("dist"), cache=None, timeout=3600):
         result["selfcheck"] = guest.edge(["selfcheck", "--json", "selfcheck.json"], timeout)
         print(result["selfcheck"]["stdout"], end="", flush=True)
         if (bundle / "selfcheck.json").is_file():
-            result["selfcheck"]["result"] = json.loads((bundle / "selfcheck.json").read_text())
+            result["selfcheck"]["result"] = json.loads((bundle / "selfcheck.json").read_text(encoding="utf-8"))
         log("select under emulation (its timings only show that it works)")
         result["select"] = guest.edge(["select", "--max-seconds", "4", "--min-runs", "5"], timeout)
         print(result["select"]["stdout"], end="", flush=True)
         if (bundle / "selection.json").is_file():
-            result["select"]["selection"] = json.loads((bundle / "selection.json").read_text())
+            result["select"]["selection"] = json.loads((bundle / "selection.json").read_text(encoding="utf-8"))
         log("serve under emulation: /health, one classification, SIGTERM")
         result["serve"] = serve_smoke(guest, bundle, timeout)
     result["passed"] = bool(result["guest"]["machine"] == "aarch64" and result["selfcheck"]["exit_code"] == 0

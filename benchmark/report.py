@@ -10,6 +10,7 @@ from edge_runtime.files import write_json, write_text
 from edge_runtime.machine import cpu_flags
 
 from .evaluate import REFERENCE, recommend
+from .parity_report import class_section, flips_section, robustness_section, write_plots
 
 # The headline table: the same columns in Markdown and CSV.
 COLUMNS = [  # (key, header, format)
@@ -80,6 +81,16 @@ def headline(report):
     return _table(report["rows"], COLUMNS)
 
 
+def verdict_text(gate):
+    if gate["failures"]:
+        return "FAILED: " + "; ".join(f"{k}: {', '.join(v)}" for k, v in gate["failures"].items())
+    if gate.get("inconclusive"):
+        return (f"INCONCLUSIVE{' (accepted)' if gate.get('inconclusive_accepted') else ''}: {gate['images']} test "
+                f"images cannot resolve the budget, which needs at least {gate['images_needed']} ({gate['rule']})")
+    return "passed" + (f" ({gate['images']} test images; the budget needs at least {gate['images_needed']})"
+                       if "images_needed" in gate else "")
+
+
 def markdown(report):
     rows, ctx, m = report["rows"], report["context"], report["machine"]
     gate = report["gate"]
@@ -93,12 +104,12 @@ def markdown(report):
            f"at most {ctx['timing']['max_seconds']:g} s per figure).", "",
            headline(report), "",
            f"Δ top-1 is against the Keras model on the same {ctx['test_images']} images, with a 95% paired-bootstrap "
-           f"interval; agreement is the share of images on which a variant predicts the class of the model it was "
-           f"converted from (Keras, or for QAT its own float source, `qat-source`, since QAT fine-tunes further), "
+           f"interval; agreement is the share of images on which a variant predicts the class of the model it is "
+           f"gated against (the column 'agreement vs': Keras, or for QAT trained on the labels alone its own float "
+           f"source, `qat-source`, since that QAT fine-tunes away from Keras), "
            f"with a 95% Wilson interval. Ops kept float: the accuracy-aware fallback's choice on the validation split.", "",
            f"**Gate** (top-1 drop ≤ {gate['max_drop']:g} points against Keras and agreement ≥ {gate['min_agreement']:g} "
-           f"against the source model; a missing or unmeasurable variant fails): " + ("passed" if not gate["failures"] else
-                                            "FAILED: " + "; ".join(f"{k}: {', '.join(v)}" for k, v in gate["failures"].items()))
+           f"against the source model; a missing or unmeasurable variant fails): " + verdict_text(gate)
            + (" (reported only: --no-gate)" if not gate["enforced"] else ""), ""]
     rec = report.get("recommendation") or {}
     out += ["## Which file to deploy on this machine", ""]
@@ -110,6 +121,7 @@ def markdown(report):
         out += ["No exported variant passes the gate, so none is recommended.", ""]
     out += fallback_section(rows)
     out += ceiling_section(rows, m.get("cpu_flags", []))
+    out += class_section(rows) + flips_section(rows) + robustness_section(rows, ctx)
     if ctx["unavailable"]:
         out += ["Not benchmarked (no good export): " + ", ".join(f"{k} ({v})" for k, v in ctx["unavailable"].items()), ""]
     errors = [r for r in rows if r["status"] != "ok"]
@@ -286,7 +298,8 @@ def plot_confusions(rows, classes, path):
     confusion_matrices(panels, classes, path)
 
 
-def write(run, rows, context, gate, versions, command):
+def write(run, rows, context, gate, versions, command, pixels=None):
+    """report.json, .csv, .md and the PNGs; pixels: the test images, for the flip galleries."""
     out = run.benchmark_dir
     out.mkdir(parents=True, exist_ok=True)
     report = {"run": str(run.path), "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -297,4 +310,6 @@ def write(run, rows, context, gate, versions, command):
     write_text(out / "report.md", markdown(report))
     plot_accuracy_vs_latency(rows, out / "accuracy_vs_latency.png", gate["max_drop"])
     plot_confusions(rows, context["classes"], out / "confusion_float_vs_int8.png")
+    if pixels is not None:
+        write_plots(report, pixels, out)
     return report

@@ -59,7 +59,7 @@ def make_dataset(root, classes, per_class, size=48):
     """root/class_NNN/*.jpg, plus a few files a real folder has: a truncated JPEG, a text file, grayscale and RGBA images."""
     root = Path(root)
     marker = root / ".complete"
-    if marker.exists() and marker.read_text() == f"{classes}x{per_class}x{size}\n":
+    if marker.exists() and marker.read_text(encoding="utf-8") == f"{classes}x{per_class}x{size}\n":
         return root
     log(f"writing {classes * per_class} images in {classes} classes to {root}")
     t0 = time.time()
@@ -176,17 +176,17 @@ def run_command(o):
     stages["benchmark"] = step("benchmark", ["-m", "benchmark", "--run", str(run.path), "--variants", o["variant"]])
     log("input pipeline against training step")
     pipe = pipeline_against_step(run)
-    report = json.loads(run.data_report.read_text())
+    report = json.loads(run.data_report.read_text(encoding="utf-8"))
     cfg = run.config()
     n_cached = sum(1 for s in run.split() if s.subset in ("train", "val"))
     mib = decoded_bytes(n_cached, cfg["image_size"]) / 2**20
     fits = cache_in_memory(n_cached, cfg["image_size"], cfg["cache_limit_gb"])
     bench = {}
     if run.benchmark_dir.joinpath("report.json").exists():
-        rows = {row["variant"]: row for row in json.loads((run.benchmark_dir / "report.json").read_text())["rows"]}
+        rows = {row["variant"]: row for row in json.loads((run.benchmark_dir / "report.json").read_text(encoding="utf-8"))["rows"]}
         bench = {"keras_top1": rows.get("keras", {}).get("top1", float("nan")),
                  "variant_top1": rows.get(o["variant"], {}).get("top1", float("nan")),
-                 "report_lines": len((run.benchmark_dir / "report.md").read_text().splitlines())}
+                 "report_lines": len((run.benchmark_dir / "report.md").read_text(encoding="utf-8").splitlines())}
     result = {
         "command": " ".join(["edgeclf scale-check", *sys.argv[2:]]),
         "classes": o["classes"], "images_listed": report["files_listed"], "images_used": report["images_used"],

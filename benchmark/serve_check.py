@@ -275,8 +275,9 @@ def check(run, requests=(400, 1000, 2000), seconds=30.0, top_k=5):
     from edge_runtime.bundle import Bundle, resolve_model
     from edge_runtime.selection import select, table
     from export.bundle import build
+    from train.shared import scratch
 
-    with tempfile.TemporaryDirectory(prefix="serve-check-") as work:
+    with tempfile.TemporaryDirectory(prefix=scratch.prefix("serve-check")) as work:
         work = Path(work)
         tarball = build(run, None, work / "dist")
         with tarfile.open(tarball) as tar:

@@ -122,6 +122,10 @@ def measure(job):
     result = {"threads": threads, "load_seconds": time.perf_counter() - t0}
     if job.get("mobile_pixels"):  # the skew of a mobile app's resize: the same images, resized without antialiasing
         save_probabilities(model, np.load(job["mobile_pixels"]), job["batch"], job["mobile_probs_out"])
+    if job.get("robust_pixels"):  # the same model on corrupted copies of some test images (benchmark/corruptions.py)
+        t = time.perf_counter()
+        save_probabilities(model, np.load(job["robust_pixels"]), job["batch"], job["robust_probs_out"])
+        result["robustness_seconds"] = time.perf_counter() - t
     if not job.get("timed", True):  # an accuracy reference only: its probabilities, no timing
         save_probabilities(model, pixels, job["batch"], job["probs_out"])
         result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import InputError
-from .files import MANIFEST, read_manifest, write_json
+from .files import MANIFEST, plain_name, read_manifest, write_json
 from .machine import signature
 
 SELECTION = "selection.json"
@@ -41,7 +41,7 @@ class Bundle:
     def model_path(self, variant):
         if variant not in self.candidates:
             raise InputError(f"{variant!r} is not in {self.path}; it holds {', '.join(self.candidates)}")
-        return self.path / self.entry(variant)["file"]
+        return self.path / plain_name(self.entry(variant).get("file"), f"{self.path / MANIFEST}, {variant}")
 
     def kind(self, variant):
         """'integer' when the file computes in integers throughout (its outputs may differ by a rounding

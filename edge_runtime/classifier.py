@@ -96,7 +96,7 @@ class Classifier:
             p = Path(labels)
             if not p.is_file():
                 raise InputError(f"{p}: no such labels file")
-            labels, source = [l.strip() for l in p.read_text().splitlines() if l.strip()], str(p)
+            labels, source = [l.strip() for l in p.read_text(encoding="utf-8").splitlines() if l.strip()], str(p)
         labels = list(labels)
         if len(labels) != self.num_classes:
             raise InputError(f"labels from {source} list {len(labels)} classes but {self.path.name} outputs {self.num_classes}")

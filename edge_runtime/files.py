@@ -1,4 +1,5 @@
-"""Checksums and atomic writes: a file either appears complete or not at all."""
+"""Checksums and atomic, durable writes: a file either appears complete or not at all, and once it
+has appeared it survives a power cut (the file and its folder are forced to disk at the rename)."""
 import contextlib
 import hashlib
 import json
@@ -21,25 +22,53 @@ def _umask():
     return mask
 
 
+TEMP_PREFIX = ".~tmp-"  # what atomic_path's temporaries are called; sweep_temporaries() removes strays
+
+
+def fsync_path(path):
+    """Force a file, or a folder's list of names, to disk."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 @contextlib.contextmanager
 def atomic_path(path, suffix=None):
-    """Yield a temporary path beside `path`; rename it over `path` only if the block succeeds.
+    """Yield a temporary path beside `path`; rename it over `path` only if the block succeeds, with the
+    file forced to disk before the rename and the folder after it.
 
     `suffix` keeps an extension some writers insist on (tf_keras wants `.keras`).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix or ".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f"{TEMP_PREFIX}{path.name}.", suffix=suffix or ".tmp", dir=path.parent)
     os.close(fd)
     tmp = Path(tmp)
     try:
         yield tmp
         if tmp.exists():
             os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes files private; give the usual permissions
+            if tmp.is_file():
+                fsync_path(tmp)
         os.replace(tmp, path)
+        fsync_path(path.parent)
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def sweep_temporaries(folder):
+    """Remove temporaries a killed process left in `folder` and the folders below it; how many.
+    Only for folders one process writes at a time (a run folder, under its lock)."""
+    import shutil
+
+    removed = 0
+    for p in Path(folder).rglob(f"{TEMP_PREFIX}*") if Path(folder).is_dir() else ():
+        shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+        removed += 1
+    return removed
 
 
 def write_bytes(path, data):
@@ -58,6 +87,16 @@ def write_json(path, obj):
 MANIFEST = "manifest.json"
 
 
+def plain_name(name, where):
+    """A file name a manifest gives, refused unless it names a file in the manifest's own folder (no folder
+    part, no '..', not absolute): a manifest must not make anything read or pack another file."""
+    from .errors import InputError
+
+    if not isinstance(name, str) or not name or name in (".", "..") or Path(name).name != name or "\\" in name:
+        raise InputError(f"{where}: {name!r} is not a plain file name in the manifest's folder")
+    return name
+
+
 def read_manifest(path, missing_ok=False):
     """The export manifest: `path` is manifest.json or the folder holding it. The one reader every stage uses.
 
@@ -73,7 +112,7 @@ def read_manifest(path, missing_ok=False):
             return {}
         raise InputError(f"{path} does not exist")
     try:
-        manifest = json.loads(path.read_text())
+        manifest = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as e:
         raise InputError(f"{path}: unreadable manifest ({e})") from None
     if not isinstance(manifest, dict):

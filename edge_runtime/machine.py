@@ -2,7 +2,8 @@
 import platform
 
 # Instruction-set features that decide integer (and float) kernel speed.
-SPEED_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8", "asimd", "asimddp", "i8mm")
+SPEED_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8", "avx512_bf16", "amx_bf16", "asimd",
+               "asimddp", "i8mm", "fphp")
 
 
 def cpu_flags():

@@ -17,6 +17,10 @@ CONTRACT_VERSION = 1
 # The image formats decoded. Pillow would open many more (PostScript through Ghostscript, for one) from
 # whatever a file says it is; a photo pipeline needs these.
 # (Multi-picture JPEGs from phones open as JPEG.)
+# The largest image decoded: a 108-megapixel phone photo fits; a file declaring more is refused before it is
+# decoded (a few bytes of PNG can declare gigapixels).
+MAX_PIXELS = 120_000_000
+Image.MAX_IMAGE_PIXELS = None  # MAX_PIXELS is the one limit, checked before decoding
 IMAGE_FORMATS = ("JPEG", "PNG", "WEBP", "AVIF", "GIF", "BMP", "TIFF", "PPM")
 
 
@@ -69,6 +73,10 @@ def _open(source):
         else:
             name = str(source)
             img = Image.open(Path(source), formats=formats)
+        w, h = img.size
+        if w * h > MAX_PIXELS:
+            raise InputError(f"{name}: too large: {w}x{h} is {w * h / 1e6:.0f} megapixels, over the limit of "
+                             f"{MAX_PIXELS / 1e6:.0f}")
         img.load()  # decode now: a truncated file fails here, not later
         return img
     except FileNotFoundError:
@@ -89,7 +97,7 @@ def to_rgb(img):
         pass
     mode = img.mode
     if mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
-        arr = np.asarray(img, dtype=np.float64)
+        arr = np.asarray(img, dtype=np.float32)  # exact for 16-bit values, half float64's memory
         if mode.startswith("I;16") or arr.max(initial=0) > 255:
             arr = arr / 257.0  # 16-bit range to 8-bit
         elif mode == "F" and arr.max(initial=0) <= 1.0:

@@ -21,6 +21,8 @@ def export(run=None, **options):
     o = {**defaults("export", bool(run.config().get("demo"))), **o}
     if o["calibration_images"] < 1 or o["smoke_images"] < 1 or o["qat_epochs"] < 0 or o["seed"] < 0:
         raise InputError("--calibration-images and --smoke-images must be at least 1, --qat-epochs and --seed at least 0")
+    if not 0 <= o["qat_labels"] <= 1:
+        raise InputError(f"--qat-labels must be between 0 and 1, got {o['qat_labels']}")
     if not 0 < o["fallback_cap"] <= 1 or not 0 <= o["min_agreement"] <= 1 or o["max_drop"] < 0 or o["fallback_seconds"] < 0:
         raise InputError("--fallback-cap must be in (0, 1], --min-agreement in [0, 1], --max-drop and "
                          "--fallback-seconds at least 0")
@@ -29,8 +31,11 @@ def export(run=None, **options):
         candidates(o["ranges"])
     except ValueError as e:
         raise InputError(f"--ranges: {e}") from None
-    budget = Budget(o["max_drop"], o["min_agreement"], o["fallback_cap"], o["fallback"], o["fallback_seconds"])
-    manifest, failed = export_run(run, variants=chosen, calibration_images=o["calibration_images"],
-                                  qat_epochs=o["qat_epochs"], qat_lr=o["qat_lr"], smoke_images=o["smoke_images"],
-                                  budget=budget, seed=o["seed"], ranges=o["ranges"])
+    budget = Budget(o["max_drop"], o["min_agreement"], o["fallback_cap"], o["fallback"], o["fallback_seconds"],
+                    o["max_class_drop"], o["class_images"])
+    with run.lock("export"):
+        manifest, failed = export_run(run, variants=chosen, calibration_images=o["calibration_images"],
+                                      qat_epochs=o["qat_epochs"], qat_lr=o["qat_lr"], qat_labels=o["qat_labels"],
+                                      smoke_images=o["smoke_images"],
+                                      budget=budget, seed=o["seed"], ranges=o["ranges"])
     return ExportResult(run, manifest, failed)

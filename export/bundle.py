@@ -26,7 +26,7 @@ import numpy as np
 
 from edge_runtime.classifier import LABELS, Classifier
 from edge_runtime.errors import InputError
-from edge_runtime.files import MANIFEST, atomic_path, sha256_file
+from edge_runtime.files import MANIFEST, atomic_path, plain_name, sha256_file
 from edge_runtime.machine import runtime_versions, signature
 from train.shared.progress import logger
 
@@ -133,8 +133,11 @@ def gate_record(run):
     except (OSError, json.JSONDecodeError) as e:
         raise InputError(f"{report_file}: unreadable benchmark report ({e}); re-run `make benchmark`") from None
     failures = report["gate"]["failures"]
-    rows = {r["variant"]: {"passed": r["status"] == "ok" and r["variant"] not in failures, "sha256": r.get("sha256"),
-                           "why": "; ".join(failures.get(r["variant"], [])) or r.get("error", "")}
+    judged = not report["gate"].get("inconclusive") or report["gate"].get("inconclusive_accepted")
+    rows = {r["variant"]: {"passed": r["status"] == "ok" and r["variant"] not in failures and judged,
+                           "sha256": r.get("sha256"),
+                           "why": "; ".join(failures.get(r["variant"], [])) or r.get("error", "")
+                           or ("" if judged else "the gate could not judge on so few test images")}
             for r in report["rows"] if r["variant"] not in NOT_DEPLOYED}
     gate = {k: report["gate"][k] for k in ("max_drop", "min_agreement", "enforced")}
     gate.update(report=str(report_file.relative_to(run.path)), report_sha256=sha256_file(report_file),
@@ -297,8 +300,16 @@ def members(run, variants, manifest, measured, gate, name, count, work):
 def build(run, variants=None, dist=Path("dist"), count=REFERENCE_IMAGES):
     """Write the bundle atomically and return its path. variants: a list of names, one name, or None for
     the default candidates (gate-passing, measured files; see the module docstring)."""
+    with run.lock("bundle"):
+        return _build(run, variants, dist, count)
+
+
+def _build(run, variants, dist, count):
     import tempfile
 
+    from train.shared import scratch
+
+    scratch.tidy(run, log)
     manifest = run.manifest()
     measured, gate = gate_record(run)
     if variants is None:
@@ -312,13 +323,13 @@ def build(run, variants=None, dist=Path("dist"), count=REFERENCE_IMAGES):
             raise InputError(f"variant {v!r} was not exported for {run.path}; exported: {', '.join(exported) or 'none'}")
         if entry.get("status") != "ok":
             raise InputError(f"variant {v!r} of {run.path} failed to export ({entry.get('error', 'no file')})")
-        model = run.export_dir / entry["file"]
-        if Path(entry["file"]).name != entry["file"] or not model.is_file():
+        model = run.export_dir / plain_name(entry.get("file"), f"{run.export_manifest}, {v}")
+        if not model.is_file():
             raise InputError(f"{model} is listed in the manifest but missing; re-run `make export RUN={run.path}`")
         if sha256_file(model) != entry["sha256"]:
             raise InputError(f"{model}: checksum mismatch with {run.export_manifest}; re-run `make export RUN={run.path}`")
     name = run.path.name if len(variants) > 1 else f"{run.path.name}-{variants[0]}"
-    with tempfile.TemporaryDirectory(prefix="bundle-") as work:
+    with tempfile.TemporaryDirectory(prefix=scratch.prefix("bundle")) as work:
         files, requirements = members(run, variants, manifest, measured, gate, name, count, work)
     out = Path(dist) / f"{name}.tar.gz"
     with atomic_path(out, suffix=".tar.gz") as tmp:

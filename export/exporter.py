@@ -4,6 +4,7 @@ Each file is converted to a temporary name, smoke-checked through edge_runtime a
 Keras model, and only then renamed into place; a failure leaves the previous good file and
 its manifest entry alone. The manifest is rewritten (atomically) after every variant.
 """
+import os
 import time
 import traceback
 from datetime import datetime, timezone
@@ -46,6 +47,7 @@ class Context:
         self.samples = run.split()
         self.calibration_count, self.smoke_count = o["calibration_images"], o["smoke_images"]
         self.qat_epochs, self.qat_lr, self.seed = o["qat_epochs"], o["qat_lr"], o["seed"]
+        self.qat_labels = o["qat_labels"]
         self.size = tuple(self.config["image_size"])
         self.log = log
         self.timings = {}  # seconds of the shared stages (model load, trace, tf2onnx), for the manifest
@@ -55,7 +57,9 @@ class Context:
         """A scratch folder for what several converters share; removed by close()."""
         import tempfile
 
-        return Path(tempfile.mkdtemp(prefix="export-"))
+        from train.shared.scratch import prefix
+
+        return Path(tempfile.mkdtemp(prefix=prefix("export")))
 
     def close(self):
         import shutil
@@ -198,12 +202,49 @@ def previous_manifest(export_dir):
         return {}
 
 
+# A variant's new file replaces its old one in three steps, old file kept until the manifest describes the new:
+# (1) old file -> .<file>.prev, (2) new file renamed into place, (3) manifest written, then .prev removed. A
+# kill at any instant leaves, after recover(), the old file with the old manifest or the new with the new.
+PREVIOUS = ".{}.prev"
+
+
+def keep_previous(final):
+    if final.exists():
+        os.replace(final, final.parent / PREVIOUS.format(final.name))
+
+
+def drop_previous(out):
+    for p in out.glob(PREVIOUS.format("*")):
+        p.unlink()
+
+
+def recover(out, manifest=None):
+    """Put back a previous file whose replacement the manifest does not describe yet (a killed or failed export)."""
+    manifest = manifest if manifest is not None else previous_manifest(out)
+    by_file = {e.get("file"): e for e in manifest.get("variants", {}).values()}
+    restored = 0
+    for prev in out.glob(PREVIOUS.format("*")):
+        name = prev.name[1:-len(".prev")]
+        entry = by_file.get(name)
+        if entry and entry.get("sha256") == sha256_file(prev):  # the manifest still describes the old file
+            os.replace(prev, out / name)
+            restored += 1
+        else:
+            prev.unlink()
+    return restored
+
+
 def export_run(run, variant_names=None, variants=None, **ctx_options):
-    """Export; returns (manifest, names of failed variants)."""
+    """Export; returns (manifest, names of failed variants). The caller holds the run's lock."""
+    from train.shared.scratch import tidy
+
     chosen = variants if variants is not None else select(variant_names)
-    ctx = Context(run, **ctx_options)
     out = run.export_dir
     out.mkdir(parents=True, exist_ok=True)
+    tidy(run, log)
+    if recover(out):
+        log("put back the previous file(s) of an export that was stopped before its manifest was written")
+    ctx = Context(run, **ctx_options)
     write_text(out / "labels.txt", "\n".join(ctx.class_names) + "\n")
     manifest = previous_manifest(out)
     from train.shared.versions import package_versions
@@ -213,6 +254,7 @@ def export_run(run, variant_names=None, variants=None, **ctx_options):
         "classes": ctx.class_names,
         "preprocessing": ctx.config["preprocessing"],
         "source_model": {"file": "../" + run.model.name, "sha256": sha256_file(run.model)},
+        "split_sha256": run.config().get("split_sha256"),  # the hash chain: images -> split -> model -> files
         "tool_versions": package_versions(TOOLS),
     })
     manifest.setdefault("variants", {})
@@ -236,9 +278,11 @@ def _export_each(chosen, ctx, out, manifest, failed):
                 if v.format == "tflite":  # mobile-ready: labels and input description for MediaPipe and co.
                     extra["metadata"] = _tflite_metadata(tmp, ctx, v, manifest)
                 info, smoke = smoke_check(tmp, ctx, extra.pop("smoke_reference", None))
+                size, digest = tmp.stat().st_size, sha256_file(tmp)  # of the very bytes renamed into place
+                keep_previous(final)
             entry = {
                 "file": v.filename, "format": v.format, "precision": v.precision, "status": "ok",
-                "bytes": final.stat().st_size, "sha256": sha256_file(final),
+                "bytes": size, "sha256": digest,
                 "inputs": [info["input"]], "outputs": [info["output"]],
                 "calibration_images": extra.pop("calibration_images", 0),
                 **({"calibration_seed": ctx.seed} if v.calibrated else {}),
@@ -250,9 +294,11 @@ def _export_each(chosen, ctx, out, manifest, failed):
             log(f"    ok: {entry['bytes'] / 1e6:.2f} MB in {entry['seconds']} s, "
                 f"smoke agreement {smoke['agreement']:.0%} on {smoke['images']} images")
         except InputError:
+            recover(out, manifest)
             raise  # bad input (missing data, unloadable model) stops everything with one clear line
         except Exception as e:
             error = f"{type(e).__name__}: {str(e).strip().splitlines()[0][:300] if str(e).strip() else ''}"
+            recover(out, manifest)
             failed.append(v.name)
             previous = manifest["variants"].get(v.name)
             if previous and previous.get("status") == "ok" and final.exists():
@@ -262,9 +308,10 @@ def _export_each(chosen, ctx, out, manifest, failed):
                                                 "status": "failed", "error": error,
                                                 "seconds": round(time.time() - t0, 1)}
             log(f"    FAILED: {error}")
-            (out / f"{v.name}.error.log").write_text(traceback.format_exc())
+            (out / f"{v.name}.error.log").write_text(traceback.format_exc(), encoding="utf-8")
         progress.update(i, v.name)
         manifest["updated_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
         # shared stages are paid by the first variant that needs them; their cost is listed apart
         manifest["shared_stage_seconds"] = dict(ctx.timings)
         write_json(out / MANIFEST, manifest)
+        drop_previous(out)  # the manifest now describes the new file: the previous one can go

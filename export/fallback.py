@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from edge_runtime.classifier import Classifier
-from train.shared.metrics import parity_misses
+from train.shared.metrics import class_misses, class_parity, parity_misses
 from train.shared.options import defaults
 from train.shared.progress import Progress
 
@@ -49,18 +49,24 @@ class Budget:
     cap: float = _OPTION["fallback_cap"]  # at most this share of the candidate ops stays float
     enabled: bool = _OPTION["fallback"]
     seconds: float = _OPTION["fallback_seconds"]  # the single-op search runs only if its ranking should take no longer
+    max_class_drop: float = _OPTION["max_class_drop"]  # the per-class budget, as the gate applies it
+    class_images: int = _OPTION["class_images"]
 
     def misses(self, m):
-        """Why validation metrics `m` miss the budget (empty when they hold it)."""
-        return parity_misses(m["top1_change_points"], m["agreement"], self.max_drop, self.min_agreement)
+        """Why validation metrics `m` miss the budget, overall or in a class (empty when they hold it)."""
+        return (parity_misses(m["top1_change_points"], m["agreement"], self.max_drop, self.min_agreement)
+                + class_misses(m.get("classes_lost") or {}, self.max_class_drop, self.class_images))
 
 
 def val_metrics(probs, ref, labels):
     pred, ref_pred = probs.argmax(1), ref.argmax(1)
     drop = 100.0 * (np.mean(pred == labels) - np.mean(ref_pred == labels))
+    parity = class_parity(labels, probs, ref, [str(c) for c in range(probs.shape[1])])
     return {"images": int(len(labels)), "top1_change_points": round(float(drop), 2),
             "agreement": round(float(np.mean(pred == ref_pred)), 4),
-            "mean_abs_prob_diff": float(np.abs(probs - ref).mean())}
+            "mean_abs_prob_diff": float(np.abs(probs - ref).mean()),
+            # only the classes that lost ground, so the manifest stays small with hundreds of classes
+            "classes_lost": {c: v for c, v in parity.items() if v["lost"] > v["gained"]}}
 
 
 def _probabilities(path, pixels):
@@ -124,7 +130,8 @@ class Search:
         full, before = Path(full[0]), full[1]
         missed = self.misses(before)
         b = self.budget
-        record = {"enabled": b.enabled, "budget": {"max_drop": b.max_drop, "min_agreement": b.min_agreement, "cap": b.cap},
+        record = {"enabled": b.enabled, "budget": {"max_drop": b.max_drop, "min_agreement": b.min_agreement, "cap": b.cap,
+                                                   "max_class_drop": b.max_class_drop, "class_images": b.class_images},
                   "candidate_ops": len(self.candidates), "validation_before": before, "kept_float": [],
                   "validation_after": before, "met_budget": not missed}
         self.log(f"  validation ({before['images']} images): Δtop-1 {before['top1_change_points']:+.1f} pts, "

@@ -18,6 +18,8 @@ import tempfile
 from pathlib import Path
 
 from . import ranges
+from train.shared.scratch import prefix
+
 from .fallback import Search, measure
 from .stages import Stages
 
@@ -25,7 +27,7 @@ from .stages import Stages
 def export_int8(fmt, ctx, path):
     """Write the int8 file of format class `fmt` to `path`; returns its manifest fields."""
     stages = Stages()
-    with tempfile.TemporaryDirectory(prefix=f"int8-{fmt.__name__}-") as work:
+    with tempfile.TemporaryDirectory(prefix=prefix(f"int8-{fmt.__name__}")) as work:
         work = Path(work)
         f = fmt(ctx, work)
         f.calibrate()

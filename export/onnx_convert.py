@@ -29,6 +29,24 @@ def convert_float(model, size):
     return proto
 
 
+def uint8_input(model):
+    """The model with a uint8 pixel input, cast to float32 inside the graph: the contract's integer variants
+    take uint8. Exact (every uint8 is a float32), so the outputs do not change."""
+    import onnx
+
+    g = model.graph
+    (inp,) = g.input
+    cast_out = inp.name + "_float"
+    for node in g.node:
+        for k, name in enumerate(node.input):
+            if name == inp.name:
+                node.input[k] = cast_out
+    g.node.insert(0, onnx.helper.make_node("Cast", [inp.name], [cast_out], to=onnx.TensorProto.FLOAT,
+                                           name="pixels_to_float"))
+    inp.type.tensor_type.elem_type = onnx.TensorProto.UINT8
+    return model
+
+
 def _float_proto(ctx):
     import onnx
 
@@ -143,7 +161,7 @@ class OnnxInt8:
     def finish(self, src, path):
         import onnx
 
-        onnx.save(_metadata(onnx.load(str(src)), self.ctx), str(path))
+        onnx.save(_metadata(uint8_input(onnx.load(str(src))), self.ctx), str(path))
 
 
 def int8(ctx, path):

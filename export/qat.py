@@ -115,8 +115,50 @@ def set_weight_ranges(qat, pixels):
         w.assign(v)
 
 
+class Distilled(keras.Model):
+    """The QAT model trained to agree with the float model (its teacher): the loss is `labels` times the
+    cross-entropy with the labels plus (1 - labels) times the cross-entropy with the teacher's probabilities
+    on the same (augmented) images. With labels 0 it learns only to answer as the float model does, which is
+    what the parity gate asks of it; with 1 it is plain QAT, which fine-tunes on and drifts from its source."""
+
+    def __init__(self, student, teacher, labels):
+        super().__init__()
+        self.student, self.teacher, self.labels = student, teacher, float(labels)
+        self.teacher.trainable = False
+
+    def call(self, x, training=False):
+        return self.student(x, training=training)
+
+    def _loss_and_agreement(self, data, training):
+        import tensorflow as tf
+
+        x, y, weight = keras.utils.unpack_x_y_sample_weight(data)
+        teacher = tf.stop_gradient(self.teacher(x, training=False))
+        p = self.student(x, training=training)
+        per = (self.labels * keras.losses.sparse_categorical_crossentropy(y, p)
+               + (1.0 - self.labels) * keras.losses.categorical_crossentropy(teacher, p))
+        if weight is not None:
+            per = per * tf.cast(tf.reshape(weight, tf.shape(per)), per.dtype)
+        agree = tf.reduce_mean(tf.cast(tf.argmax(p, -1) == tf.argmax(teacher, -1), tf.float32))
+        return tf.reduce_mean(per), agree
+
+    def train_step(self, data):
+        import tensorflow as tf
+
+        with tf.GradientTape() as tape:
+            loss, agree = self._loss_and_agreement(data, True)
+        variables = self.student.trainable_variables
+        self.optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables))
+        return {"loss": loss, "agreement": agree}
+
+    def test_step(self, data):
+        loss, agree = self._loss_and_agreement(data, False)
+        return {"loss": loss, "agreement": agree}
+
+
 def quantization_aware_model(ctx):
-    """The run's model with fake-quant nodes, fine-tuned a few epochs on its training split."""
+    """The run's model with fake-quant nodes, fine-tuned a few epochs on its training split to agree with
+    the float model (Distilled), or on the labels alone (ctx.qat_labels 1)."""
     start, stages = time.time(), Stages()
     cfg = ctx.config
     qat, skipped = quantize(ctx.model)
@@ -125,8 +167,10 @@ def quantization_aware_model(ctx):
     set_weight_ranges(qat, ctx.calibration[:8])
     stages.lap("ranges")
     ctx.log(f"  activation ranges of {ranges} tensors set from {len(ctx.calibration)} calibration images")
-    qat.compile(optimizer=keras.optimizers.Adam(ctx.qat_lr), loss="sparse_categorical_crossentropy", metrics=["accuracy"])
-    info = {"qat_epochs": ctx.qat_epochs, "qat_lr": ctx.qat_lr, "qat_float_layers": skipped}
+    trainer = Distilled(qat, ctx.model, ctx.qat_labels)
+    trainer.compile(optimizer=keras.optimizers.Adam(ctx.qat_lr))
+    info = {"qat_epochs": ctx.qat_epochs, "qat_lr": ctx.qat_lr, "qat_float_layers": skipped,
+            "qat_labels": ctx.qat_labels, "qat_teacher": "the float Keras model" if ctx.qat_labels < 1 else None}
     if ctx.qat_epochs > 0:
         index = {c: i for i, c in enumerate(ctx.class_names)}
         val = ctx.subset("val")
@@ -135,11 +179,13 @@ def quantization_aware_model(ctx):
                            training=True, seed=cfg["seed"], cache=cache)
         val_ds = dataset(ctx.data_root, val, index, cfg["image_size"], cfg["batch_size"], cache=cache) if val else None
         weights = {index[c]: w for c, w in cfg["class_weights"].items()} if cfg.get("class_weights") else None
-        ctx.log(f"  quantization-aware fine-tuning: {ctx.qat_epochs} epoch(s) on {len(ctx.subset('train'))} images")
+        ctx.log(f"  quantization-aware fine-tuning: {ctx.qat_epochs} epoch(s) on {len(ctx.subset('train'))} images, "
+                + ("the labels only" if ctx.qat_labels >= 1 else "distilled from the float model"
+                   + (f" ({ctx.qat_labels:g} labels)" if ctx.qat_labels > 0 else "")))
         from train.callbacks import EpochProgress
 
-        hist = qat.fit(train_ds, validation_data=val_ds, epochs=ctx.qat_epochs, class_weight=weights, verbose=2,
-                       callbacks=[EpochProgress("QAT", 0, ctx.qat_epochs, stage="export")])
+        hist = trainer.fit(train_ds, validation_data=val_ds, epochs=ctx.qat_epochs, class_weight=weights, verbose=2,
+                           callbacks=[EpochProgress("QAT", 0, ctx.qat_epochs, stage="export")])
         info["qat_history"] = {k: [float(x) for x in v] for k, v in hist.history.items()}
         stages.lap("fine-tune epochs")
     info["qat_seconds"] = round(time.time() - start, 1)

@@ -40,6 +40,8 @@ def test_every_variant_loads_in_edge_runtime_and_gives_probabilities(tiny_export
         if v.integer_io:
             assert entry["inputs"][0]["dtype"] == "uint8" and entry["outputs"][0]["dtype"] == "uint8"
             assert entry["inputs"][0]["quantization"]["scale"] > 0
+        if v.calibrated:  # every integer variant takes uint8 pixels, as the contract says (onnx-int8 casts inside)
+            assert entry["inputs"][0]["dtype"] == "uint8", v.name
             assert entry["calibration_images"] > 0
         for key in ("sha256", "inputs", "outputs", "seconds", "source_sha256", "smoke_check"):
             assert entry[key], (v.name, key)
@@ -164,3 +166,19 @@ def test_resnet50_int8_is_at_most_three_tenths_of_float32(tmp_path):
     _full_integer(model, Ctx(), tmp_path / "int8.tflite")
     ratio = (tmp_path / "int8.tflite").stat().st_size / len(fp32)
     assert ratio <= 0.3, ratio
+
+
+def test_a_uint8_input_cast_changes_no_output(tiny_export, tmp_path):
+    """onnx-int8 takes uint8 pixels through a Cast at its input: the same outputs as the float-input graph."""
+    import onnx
+
+    from export.onnx_convert import uint8_input
+
+    src = tiny_export.export_dir / "model-fp32.onnx"
+    cast = tmp_path / "cast.onnx"
+    onnx.save(uint8_input(onnx.load(str(src))), str(cast))
+    pixels = np.random.default_rng(0).integers(0, 256, (6, 64, 64, 3), dtype=np.uint8)
+    a = Classifier(src, settings={}, verify=False).probabilities(pixels)
+    cls = Classifier(cast, settings={}, labels=["blue", "green", "red"], verify=False)
+    assert cls.input.dtype == "uint8"
+    assert np.array_equal(a, cls.probabilities(pixels))

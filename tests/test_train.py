@@ -109,13 +109,25 @@ def test_phase_two_unfreezes_deeper_layers_but_not_batchnorm():
 
 
 def test_random_weights_train_everything_in_both_phases():
+    import tf_keras as keras
+
     from train.model import backbone_layers, build_model, set_phase
 
     cfg = {"backbone": "mobilenet", "alpha": 0.25, "weights": "none", "image_size": [32, 32], "dropout": 0.0,
            "train_bn": True}
     model = build_model(cfg, 2)
-    set_phase(model, 1, cfg)
-    assert all(l.trainable for l in backbone_layers(model))
+    for phase in (1, 2):
+        set_phase(model, phase, cfg)
+        layers = backbone_layers(model)
+        assert all(l.trainable for l in layers), phase
+        assert any(isinstance(l, keras.layers.BatchNormalization) for l in layers)  # BatchNorm trains too
+    # with pretrained weights, by contrast, phase 1 freezes the backbone and phase 2 only its deeper part
+    frozen = dict(cfg, weights="imagenet", train_bn=False)
+    set_phase(model, 1, frozen)
+    assert not any(l.trainable for l in backbone_layers(model))
+    set_phase(model, 2, frozen)
+    trainable = [l.trainable for l in backbone_layers(model)]
+    assert any(trainable) and not all(trainable)
 
 
 def test_local_weights_file_loads_and_a_mismatched_one_is_named(tmp_path):
@@ -158,8 +170,33 @@ def test_interrupted_training_resumes_from_last_checkpoint(tmp_path, tiny_data, 
     state = Run(run).state()
     assert (state["status"], state["phase"], state["epoch"]) == ("training", 1, 2)
     assert not Run(run).model.exists()
+    # what epoch 2 committed: weights and optimizer (Adam's moments and step count) in one file
+    with np.load(Run(run).checkpoints / state["last_file"]) as z:
+        assert (int(z["phase"]), int(z["epoch"])) == (1, 2)
+        saved_w = [z[k] for k in sorted((k for k in z.files if k[0] == "w" and k[1:].isdigit()), key=lambda k: int(k[1:]))]
+        saved_o = [z[k] for k in sorted((k for k in z.files if k[0] == "o" and k[1:].isdigit()), key=lambda k: int(k[1:]))]
+    assert saved_o and any(np.any(o != 0) for o in saved_o)
+    # the resumed run starts from exactly those: the model's weights right after loading, and the
+    # optimizer's variables right after restoring
+    from train import fit
+
+    seen = {}
+    load, restore = fit.Store.load_weights, callbacks.restore_optimizer
+
+    def record_load(self, model, which="last"):
+        load(self, model, which)
+        seen.setdefault("weights", [w.copy() for w in model.get_weights()])
+
+    def record_restore(optimizer, model, values):
+        restore(optimizer, model, values)
+        seen.setdefault("optimizer", [v.numpy().copy() for v in optimizer.variables()])
+
+    monkeypatch.setattr(fit.Store, "load_weights", record_load)
+    monkeypatch.setattr(callbacks, "restore_optimizer", record_restore)
     monkeypatch.setattr(callbacks.EpochCheckpoint, "on_epoch_end", original)
     assert main(args) == 0
+    assert len(seen["weights"]) == len(saved_w) and all(np.array_equal(a, b) for a, b in zip(seen["weights"], saved_w))
+    assert len(seen["optimizer"]) == len(saved_o) and all(np.array_equal(a, b) for a, b in zip(seen["optimizer"], saved_o))
     state = Run(run).state()
     assert state["status"] == "finished"
     epochs = [(h["phase"], h["epoch"]) for h in state["history"]]
@@ -222,3 +259,37 @@ def test_demo_leaves_out_mirror_images_and_user_data_keeps_them():
     assert demo["flip"] is False and data["flip"] is True
     names = lambda aug: [type(l).__name__ for l in aug.layers]  # noqa: E731
     assert "RandomFlip" not in names(augmenter(1.0, flip=False)) and "RandomFlip" in names(augmenter(1.0, flip=True))
+
+
+def test_auto_precision_resolves_as_stated():
+    from edge_runtime.errors import InputError
+    from train.precision import resolve
+
+    assert resolve("auto", ["avx2", "fma", "avx512f", "avx512_bf16"])[0] == "mixed_bfloat16"
+    assert resolve("auto", ["avx2", "amx_bf16"])[0] == "mixed_bfloat16"
+    assert resolve("auto", ["avx2", "fma", "avx512_vnni"]) == (
+        "float32", "auto: no GPU, and this CPU has no bfloat16 instructions (amx_bf16, avx512_bf16)")
+    assert resolve("auto", ["avx512_bf16"], [(8, 0)])[0] == "mixed_float16"  # a GPU decides, not the CPU
+    assert resolve("auto", [], [(6, 1)])[0] == "float32"  # a GPU without fast float16
+    assert resolve("float32", ["avx512_bf16"]) == ("float32", "asked for")
+    assert resolve("mixed_bfloat16", []) == ("mixed_bfloat16", "asked for")
+    with pytest.raises(InputError, match="--precision must be one of"):
+        resolve("bf16", [])
+
+
+@pytest.mark.parametrize("precision", ["mixed_bfloat16", "mixed_float16"])
+def test_the_saved_model_is_float32_whatever_the_precision(tmp_path, tiny_data, precision):
+    import tf_keras as keras
+
+    from train.__main__ import main
+
+    run = tmp_path / precision
+    assert main(["--data", str(tiny_data), "--run", str(run), *TINY_ARGS, "--head", "sgd", "--epochs-head", "1",
+                 "--epochs-finetune", "1", "--precision", precision]) == 0
+    assert Run(run).state()["precision"] == precision and Run(run).config()["precision"] == precision
+    keras.mixed_precision.set_global_policy("float32")
+    model = keras.models.load_model(str(Run(run).model), compile=False)
+    assert all(w.dtype == np.float32 for w in model.get_weights())
+    assert all(l.dtype_policy.name == "float32" for l in model.layers)
+    out = model(np.zeros((1, 64, 64, 3), np.float32))
+    assert out.dtype.name == "float32" and np.isfinite(out.numpy()).all()

@@ -29,6 +29,8 @@ CHOICES = (
     ("lr-3e-4", "phase 2 learning rate 3e-4 instead of 1e-4", ["--lr-finetune", "3e-4"]),
     ("cosine", "phase 2 learning rate decays on a cosine to 1% instead of cutting 0.3x on a plateau", ["--schedule", "cosine"]),
     ("warmup", "phase 2 starts with a 2-epoch linear warm-up", ["--warmup-epochs", "2"]),
+    ("fp32", "float32 arithmetic", ["--precision", "float32"]),
+    ("bf16", "mixed_bfloat16 arithmetic (variables and the saved model float32)", ["--precision", "mixed_bfloat16"]),
 )
 
 
@@ -38,14 +40,19 @@ def stats(values):
 
 
 def run_one(data, run, seed, flags, common):
-    metrics = run / "metrics.json"
+    """The run's test metrics, with "seconds": the wall time of its training command (kept beside it, so a
+    reused run keeps the time it took)."""
+    metrics, timed = run / "metrics.json", run / "ablation_seconds.json"
     if not metrics.exists():
         cmd = [sys.executable, "-m", "train", "--data", str(data), "--run", str(run), "--seed", str(seed), *common, *flags]
         print(f"[ablation] {' '.join(cmd[2:])}", flush=True)
+        t0 = time.time()
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode != 0:
             raise RuntimeError(f"{run}: training failed: {proc.stderr.strip().splitlines()[-1:]}")
-    return json.loads(metrics.read_text())["test"]
+        write_json(timed, {"seconds": round(time.time() - t0, 1)})
+    seconds = json.loads(timed.read_text(encoding="utf-8"))["seconds"] if timed.exists() else None
+    return dict(json.loads(metrics.read_text(encoding="utf-8"))["test"], seconds=seconds)
 
 
 def main(argv=None):
@@ -70,17 +77,21 @@ def main(argv=None):
             tests = [run_one(a.data, out / f"{name}-s{s}", s, flags, common) for s in seeds]
             row = {"name": name, "change": what, "flags": flags, "seeds": seeds,
                    "top1": stats([t["top1"] for t in tests]), "macro_f1": stats([t["macro_f1"] for t in tests]),
-                   "test_images": tests[0]["n"], "seconds": round(time.time() - t0)}
+                   "test_images": tests[0]["n"], "seconds": round(time.time() - t0),
+                   "train_seconds": stats([t["seconds"] for t in tests]) if all(t["seconds"] for t in tests) else None}
             results.append(row)
             print(f"[ablation] {name}: top-1 {row['top1']['mean']:.3f} ± {row['top1']['std']:.3f}", flush=True)
         write_json(out / "ablation.json", {"command": command, "common": common, "rows": results})
         lines = [f"Command: `{command}`", "", f"Test top-1 and macro-F1 over seeds {a.seeds} "
                  f"({results[0]['test_images']} test images per seed; the seed also draws the split).", "",
-                 "| choice | change | test top-1 (mean ± sd) | macro-F1 (mean ± sd) | per seed top-1 |", "|---|---|---|---|---|"]
+                 "| choice | change | test top-1 (mean ± sd) | macro-F1 (mean ± sd) | per seed top-1 | training s (mean ± sd) |",
+                 "|---|---|---|---|---|---|"]
         for r in results:
+            t = r["train_seconds"]
             lines.append(f"| {r['name']} | {r['change']} | {r['top1']['mean']:.3f} ± {r['top1']['std']:.3f} | "
                          f"{r['macro_f1']['mean']:.3f} ± {r['macro_f1']['std']:.3f} | "
-                         + ", ".join(f"{v:.3f}" for v in r["top1"]["values"]) + " |")
+                         + ", ".join(f"{v:.3f}" for v in r["top1"]["values"])
+                         + (f" | {t['mean']:.0f} ± {t['std']:.0f} |" if t else " | — |"))
         write_text(out / "ablation.md", "\n".join(lines) + "\n")
         print("\n".join(lines))
 

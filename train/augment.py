@@ -15,11 +15,12 @@ def augmenter(strength, seed=0, flip=True):
         return None
     s = float(strength)
     L = keras.layers
-    return keras.Sequential(([L.RandomFlip("horizontal", seed=seed)] if flip else []) + [
-        L.RandomRotation(0.08 * s, fill_mode="reflect", seed=seed + 1),
-        L.RandomZoom((-0.15 * s, 0.15 * s), fill_mode="reflect", seed=seed + 2),
-        L.RandomTranslation(0.1 * s, 0.1 * s, fill_mode="reflect", seed=seed + 3),
-        L.RandomContrast(min(0.9, 0.2 * s), seed=seed + 4),
+    f32 = {"dtype": "float32"}  # the input pipeline's arithmetic, whatever precision the model trains in
+    return keras.Sequential(([L.RandomFlip("horizontal", seed=seed, **f32)] if flip else []) + [
+        L.RandomRotation(0.08 * s, fill_mode="reflect", seed=seed + 1, **f32),
+        L.RandomZoom((-0.15 * s, 0.15 * s), fill_mode="reflect", seed=seed + 2, **f32),
+        L.RandomTranslation(0.1 * s, 0.1 * s, fill_mode="reflect", seed=seed + 3, **f32),
+        L.RandomContrast(min(0.9, 0.2 * s), seed=seed + 4, **f32),
     ], name="augment")
 
 

@@ -65,12 +65,21 @@ def _run_benchmark(o):
     log = progress.logger("benchmark")
     log(f"report: {r.run.benchmark_dir / 'report.md'} (+ report.json, report.csv and plots)")
     print(headline(r.report), flush=True)
+    g = r.report["gate"]
     if r.failures:
         msg = "; ".join(f"{k}: {', '.join(v)}" for k, v in r.failures.items())
-        if r.report["gate"]["enforced"]:
+        if g["enforced"]:
             print(f"error: parity gate failed for {', '.join(r.failures)} ({msg})", file=sys.stderr)
             return 1
         log(f"parity misses (not enforced, --no-gate): {msg}")
+    elif r.inconclusive:
+        msg = (f"{g['images']} test images cannot resolve the parity budget (it needs at least {g['images_needed']}: "
+               f"{g['rule']})")
+        if g["enforced"] and not g["inconclusive_accepted"]:
+            print(f"error: parity gate inconclusive: {msg}; --accept-inconclusive reports it without failing",
+                  file=sys.stderr)
+            return 1
+        log(f"parity gate inconclusive, accepted: {msg}")
     else:
         log("parity gate passed")
     return 0

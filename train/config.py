@@ -18,7 +18,7 @@ from .shared.options import defaults
 RESUME_KEYS = ("data_root", "csv", "backbone", "weights", "alpha", "image_size", "head", "epochs_head", "epochs_finetune",
                "batch_size", "lr", "lr_finetune", "dropout", "unfreeze_from", "unfreeze_layers", "train_bn",
                "val_frac", "test_frac", "seed", "max_per_class", "use_class_weights", "augment", "flip", "schedule", "warmup_epochs",
-               "clip_norm", "mixed_precision")
+               "clip_norm", "precision", "group_near_duplicates")
 
 
 def parse_size(text):
@@ -60,5 +60,9 @@ def resolve(options, demo):
     cfg["train_bn"] = bool(cfg["train_bn"])
     if not BACKBONES[cfg["backbone"]].has_alpha:
         cfg["alpha"] = None
+    if cfg.pop("mixed_precision"):  # the older flag
+        if options.get("precision", "mixed_float16") != "mixed_float16":
+            raise InputError("--mixed-precision means --precision mixed_float16; give one of them")
+        cfg["precision"] = "mixed_float16"
     cfg["demo"] = demo
     return cfg

@@ -21,13 +21,21 @@ from .shared.split import SUBSETS, Sample  # noqa: F401  (the dataset is a list 
 
 
 def _check_image(path):
-    """None if the file decodes as an image, else a short reason."""
+    """(None, perceptual hashes) if the file decodes as an image, else (a short reason, None)."""
+    from .duplicates import perceptual_hashes
+
     try:
-        decode(path)
-        return None
+        return None, perceptual_hashes(decode(path))
     except InputError as e:
         msg = str(e)
-        return msg.split(": ", 1)[1] if ": " in msg else msg
+        return (msg.split(": ", 1)[1] if ": " in msg else msg), None
+
+
+def check_label(label, where):
+    """A class name is one line of labels.txt: refused (one line) if it holds a line break or other control character."""
+    if any(ord(ch) < 32 or ord(ch) == 127 for ch in label):
+        raise InputError(f"{where}: label {label!r} contains a line break or control character")
+    return label
 
 
 def _is_hidden(p):
@@ -44,7 +52,8 @@ def list_folder(root):
         files = sorted(f for f in class_dir.rglob("*") if f.is_file() and not _is_hidden(f.relative_to(root)))
         if not files:
             empty.append(class_dir.name)
-        entries += [(f.relative_to(root).as_posix(), class_dir.name) for f in files]
+        label = check_label(class_dir.name, f"class folder {class_dir}")
+        entries += [(f.relative_to(root).as_posix(), label) for f in files]
     return entries, empty
 
 
@@ -66,7 +75,7 @@ def list_csv(csv_path, root):
     for i, r in enumerate(rows, 1):
         if len(r) < 2 or not r[0].strip() or not r[1].strip():
             raise InputError(f"CSV file {csv_path}, row {i}: expected filename,label, got {r!r}")
-        entries.append((r[0].strip(), r[1].strip()))
+        entries.append((r[0].strip(), check_label(r[1].strip(), f"CSV file {csv_path}, row {i}")))
     if not entries:
         raise InputError(f"CSV file {csv_path} lists no images")
     return entries, []
@@ -82,19 +91,21 @@ def scan(entries, root, empty_classes=(), workers=8, progress=False):
     def check(entry):
         rel, label = entry
         path = root / rel
+        if not path.resolve().is_relative_to(resolved_root):  # a CSV may name ../ or /absolute paths
+            return rel, label, "outside the data folder", "", None
         if not path.is_file():
-            return rel, label, "missing file", ""
-        reason = _check_image(path)
-        return rel, label, reason, "" if reason else sha256_file(path)
+            return rel, label, "missing file", "", None
+        reason, hashes = _check_image(path)
+        return rel, label, reason, "" if reason else sha256_file(path), hashes
 
-    samples, skipped = [], []
+    samples, skipped, resolved_root = [], [], root.resolve()
     shown = Progress("train", len(entries), "files checked") if progress else None
     with ThreadPoolExecutor(workers) as pool:
-        for i, (rel, label, reason, digest) in enumerate(pool.map(check, entries), 1):
+        for i, (rel, label, reason, digest, hashes) in enumerate(pool.map(check, entries), 1):
             if reason:
                 skipped.append({"path": rel, "label": label, "reason": reason})
             else:
-                samples.append(Sample(rel, label, digest))
+                samples.append(Sample(rel, label, digest, phash=hashes))
             if shown and (i % 50 == 0 or i == len(entries)):
                 shown.update(i, f"{len(skipped)} skipped")
     counts = Counter(s.label for s in samples)
@@ -112,7 +123,7 @@ def scan(entries, root, empty_classes=(), workers=8, progress=False):
 
 
 def _reason_kind(reason):
-    for kind in ("missing file", "not an image", "unreadable image"):
+    for kind in ("missing file", "not an image", "unreadable image", "outside the data folder", "too large"):
         if reason.startswith(kind):
             return kind
     return reason
@@ -133,33 +144,60 @@ def validate_classes(report, val_frac, test_frac):
         raise InputError(f"class {c!r} has {n} usable image(s); at least {need} are needed to split it into train/val/test")
 
 
-def split(samples, val_frac=0.15, test_frac=0.15, seed=0):
+def split(samples, val_frac=0.15, test_frac=0.15, seed=0, groups=None):
     """Stratified split: every class is shuffled with the seed and cut the same way.
 
-    Each class gets at least one image in every non-empty subset, so small classes are
-    still evaluated. Same samples and seed give the same split on any machine.
+    groups: lists of samples that go to one subset together (copies of one photo, train/duplicates.py);
+    None, each sample alone. A group counts for the class most of its images have. Each class gets at
+    least one group in every non-empty subset, so small classes are still evaluated. Same samples and seed
+    give the same split on any machine, and with no copies the same split as each sample alone.
     """
     if not (0 <= val_frac < 1 and 0 <= test_frac < 1 and val_frac + test_frac < 1):
         raise InputError(f"val ({val_frac}) and test ({test_frac}) fractions must be in [0, 1) and sum below 1")
     by_class = defaultdict(list)
-    for s in sorted(samples, key=lambda s: s.path):
-        by_class[s.label].append(s)
+    for g in groups if groups is not None else [[s] for s in samples]:
+        g = sorted(g, key=lambda s: s.path)
+        labels = Counter(s.label for s in g)
+        by_class[min(labels, key=lambda l: (-labels[l], l))].append(g)
     for label in sorted(by_class):
-        group = by_class[label]
-        random.Random(f"{seed}:{label}").shuffle(group)
-        n = len(group)
-        n_val = max(1, round(n * val_frac)) if val_frac > 0 else 0
-        n_test = max(1, round(n * test_frac)) if test_frac > 0 else 0
-        while n - n_val - n_test < 1:  # keep one training image
-            if n_test >= n_val and n_test > 1:
-                n_test -= 1
-            elif n_val > 1:
-                n_val -= 1
-            else:
-                raise InputError(f"class {label!r} has {n} image(s), too few to split")
-        for i, s in enumerate(group):
-            s.subset = "test" if i < n_test else "val" if i < n_test + n_val else "train"
+        class_groups = sorted(by_class[label], key=lambda g: g[0].path)
+        random.Random(f"{seed}:{label}").shuffle(class_groups)
+        for subset, g in zip(_cut(label, class_groups, val_frac, test_frac), class_groups):
+            for s in g:
+                s.subset = subset
     return samples
+
+
+def _cut(label, groups, val_frac, test_frac):
+    """The subset of each of a class's shuffled groups: the first to test, the next to val, the rest to
+    train, by image count, keeping at least one group for training."""
+    n = sum(len(g) for g in groups)
+    n_val = max(1, round(n * val_frac)) if val_frac > 0 else 0
+    n_test = max(1, round(n * test_frac)) if test_frac > 0 else 0
+    while n - n_val - n_test < 1:  # keep one training image
+        if n_test >= n_val and n_test > 1:
+            n_test -= 1
+        elif n_val > 1:
+            n_val -= 1
+        else:
+            raise InputError(f"class {label!r} has {n} image(s), too few to split")
+    need = 1 + (n_val > 0) + (n_test > 0)
+    if len(groups) < need:
+        raise InputError(f"class {label!r} has {n} image(s) but only {len(groups)} distinct photo(s) once copies are "
+                         f"grouped; at least {need} are needed to split it into train/val/test")
+    subsets, counts = [], {"test": 0, "val": 0}
+    for k, g in enumerate(groups):
+        left = len(groups) - k  # this group and the ones after it
+        if counts["test"] < n_test and left > 1 + (n_val > 0 and counts["val"] == 0):
+            subset = "test"
+        elif counts["val"] < n_val and left > 1:
+            subset = "val"
+        else:
+            subset = "train"
+        if subset != "train":
+            counts[subset] += len(g)
+        subsets.append(subset)
+    return subsets
 
 
 def undersample(samples, max_per_class, seed=0):

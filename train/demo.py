@@ -26,7 +26,7 @@ def make_demo(root, seed=0):
     root = Path(root)
     marker = root / ".complete"
     version = f"complete: {','.join(map(str, class_sizes()))} seed {seed}\n"
-    if marker.exists() and marker.read_text() == version:
+    if marker.exists() and marker.read_text(encoding="utf-8") == version:
         return root
     if root.exists():  # an older or partial tree: start again
         shutil.rmtree(root)

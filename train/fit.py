@@ -5,20 +5,24 @@ import shutil
 import sys
 import tempfile
 import time
+from collections import Counter
 from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 
 from edge_runtime.errors import InputError
-from edge_runtime.files import atomic_path, write_json, write_text
+from edge_runtime.files import atomic_path, sha256_file, write_json, write_text
 from edge_runtime.preprocess import contract
 
 from . import data as D
 from .config import RESUME_KEYS, resolve
+from .shared.lock import RunLock, holder
 from .shared.run_folder import RUNS_DIR, Run
+from .shared.scratch import prefix, tidy
 from .shared.split import write_split
 from .shared.progress import NORMAL, logger
+from .duplicates import group
 from .shared.versions import package_versions
 
 _log = logger("train")
@@ -26,7 +30,7 @@ _log = logger("train")
 
 
 def log(msg, level=NORMAL):
-    _log(f"{_worker_tag().strip()}: {msg}" if _worker_tag() else msg, level)
+    (logger(f"train{_worker_tag()}") if _worker_tag() else _log)(msg, level)
 
 
 def _worker_tag():
@@ -47,32 +51,38 @@ def _refuse_finished(run, overwrite):
 
 def _refuse_other_options(run, cfg):
     """A run resumes only with the options it was started with."""
-    diff = [k for k in RESUME_KEYS if run.config().get(k) != cfg.get(k)]
+    recorded = run.config()
+    diff = [k for k in RESUME_KEYS if k in recorded and recorded[k] != cfg.get(k)]  # options a run predates pass
     if diff:
         raise InputError(f"run {run.path} was started with other options ({', '.join(diff)}); "
                          f"rerun with the same options to resume, or pass --overwrite")
 
 
 def choose_run(cfg, run_arg, overwrite):
-    """The run folder to use, and whether we resume an interrupted run in it."""
+    """The run folder to use, and whether we resume an interrupted run in it. The caller holds its lock."""
     if run_arg:
         run = Run(run_arg)
         _refuse_finished(run, overwrite)
     else:
         base = RUNS_DIR / _default_name(cfg)
         run, n = Run(base), 1
-        while run.finished and not overwrite:  # never overwrite silently: take the next free name
+        while (run.finished or holder(run.path)) and not overwrite:  # never overwrite silently: the next free name
             n += 1
             run = Run(f"{base}-{n}")
+    return run
+
+
+def open_run(run, cfg, overwrite):
+    """Under the run's lock: clear it for --overwrite, and whether an interrupted run is resumed in it."""
     if overwrite and run.path.exists():
         log(f"--overwrite: removing {run.path}")
         shutil.rmtree(run.path)
     if run.state_file.exists():
         _refuse_other_options(run, cfg)
-        return run, True
+        return True
     if run.path.exists() and any(run.path.iterdir()):
         raise InputError(f"{run.path} exists and is not a run folder; pass --overwrite or choose another --run")
-    return run, False
+    return False
 
 
 def worker_run(cfg, run_arg, overwrite):
@@ -87,7 +97,7 @@ def worker_run(cfg, run_arg, overwrite):
     resuming = not overwrite and real.state_file.exists()
     if resuming:
         _refuse_other_options(real, cfg)
-    scratch = Run(Path(tempfile.mkdtemp(prefix="train-worker-")) / real.path.name)
+    scratch = Run(Path(tempfile.mkdtemp(prefix=prefix("train-worker"))) / real.path.name)
     if resuming:
         shutil.copytree(real.path, scratch.path, ignore=shutil.ignore_patterns("export", "benchmark", "logs"))
     return scratch, resuming
@@ -103,18 +113,36 @@ def prepare_data(cfg):
     samples, report = D.scan(entries, root, empty, progress=True)
     report["scan_seconds"] = round(time.time() - t0, 2)
     log(f"scanned {len(entries)} files in {report['scan_seconds']:.1f} s")
+    samples, groups, report["duplicates"] = group(samples, [s.phash for s in samples], cfg.get("group_near_duplicates", True))
+    kept = Counter(s.label for s in samples)  # conflicting copies (one photo, two labels) are left out
+    report.update(per_class={label: kept.get(label, 0) for label in report["per_class"]}, images_used=len(samples))
+    _log_duplicates(report["duplicates"])
     D.validate_classes(report, cfg["val_frac"], cfg["test_frac"])
-    D.split(samples, cfg["val_frac"], cfg["test_frac"], cfg["seed"])
+    D.split(samples, cfg["val_frac"], cfg["test_frac"], cfg["seed"], groups)
     D.undersample(samples, cfg["max_per_class"], cfg["seed"])
     report["split"] = {sub: {l: sum(1 for s in samples if s.subset == sub and s.label == l) for l in sorted(report["per_class"])}
                        for sub in ("train", "val", "test", "unused")}
     return samples, report
 
 
+def _log_duplicates(d):
+    log(f"copies: {d['exact_copies']} exact copy(ies) in {d['exact_groups']} group(s), {d['near_pairs']} near-copy pair(s) "
+        f"({d['near_pairs_across_classes']} across classes), {len(d['conflicts'])} conflict(s) (the same bytes under two "
+        f"labels: {d['conflicting_files']} file(s) left out); "
+        + ("copies are kept in one subset" if d["grouped_for_split"]["near"] else "exact copies kept in one subset"))
+
+
 # ---------------------------------------------------------------- checkpoint store
 
 class Store:
-    """Per-epoch checkpoint files of one run; state.json is the commit point."""
+    """The checkpoints of one run, committed so that a kill at any instant resumes with the weights and
+    optimizer of one epoch.
+
+    Each commit writes epoch-named files first (weights and optimizer together in one file), then
+    state.json naming them (the commit point: written atomically and forced to disk), and only then
+    removes the files state.json no longer names. Before state.json is replaced, the files it names are
+    still there; after, the new ones are.
+    """
 
     def __init__(self, run, state):
         self.run, self.state = run, state
@@ -124,22 +152,45 @@ class Store:
         return self.run.checkpoints / name
 
     # Plain arrays rather than Keras' H5 weights: these load the same under any tf.distribute strategy.
-    def save_weights(self, model, name):
+    def _save(self, name, model, phase, epoch, optimizer=None):
+        arrays = {f"w{i}": w for i, w in enumerate(model.get_weights())}
+        arrays.update({f"o{i}": v for i, v in enumerate(optimizer or [])})
         with atomic_path(self.path(name), suffix=".npz") as tmp:
-            np.savez(tmp, *model.get_weights())
+            np.savez(tmp, phase=phase, epoch=epoch, **arrays)
+        return name
 
-    def load_weights(self, model, name):
+    def _file(self, which):
+        # runs interrupted before epoch-named checkpoints used fixed names
+        return self.state.get(f"{which}_file") or f"{which}.npz"
+
+    def has(self, which):
+        return self.path(self._file(which)).is_file()
+
+    def load_weights(self, model, which="last"):
+        """The weights of the last committed checkpoint, or of the best one."""
+        with np.load(self.path(self._file(which))) as z:
+            keys = sorted((k for k in z.files if k.startswith("w") and k[1:].isdigit()), key=lambda k: int(k[1:]))
+            if not keys:  # a fixed-name file of an older run: arr_0, arr_1, ...
+                keys = [f"arr_{i}" for i in range(len(z.files))]
+            model.set_weights([z[k] for k in keys])
+
+    def optimizer_values(self):
+        """The optimizer's variables saved with the last checkpoint's weights."""
+        name = self.state.get("last_file")
+        if name is None:  # an older run: a separate file
+            with np.load(self.path("optimizer.npz")) as z:
+                return [z[f"arr_{i}"] for i in range(len(z.files))]
         with np.load(self.path(name)) as z:
-            model.set_weights([z[f"arr_{i}"] for i in range(len(z.files))])
+            return [z[k] for k in sorted((k for k in z.files if k.startswith("o") and k[1:].isdigit()),
+                                         key=lambda k: int(k[1:]))]
 
     def save_epoch(self, model, phase, epoch, row, improved, value, callback_state):
         from .callbacks import optimizer_state
 
-        self.save_weights(model, "last.npz")
-        with atomic_path(self.path("optimizer.npz"), suffix=".npz") as tmp:
-            np.savez(tmp, *optimizer_state(model.optimizer))
+        tag = f"p{phase}-e{epoch:04d}"
+        self.state["last_file"] = self._save(f"epoch-{tag}.npz", model, phase, epoch, optimizer_state(model.optimizer))
         if improved:
-            self.save_weights(model, "best.npz")
+            self.state["best_file"] = self._save(f"best-{tag}.npz", model, phase, epoch)
             self.state["best"] = float(value)
             self.state["best_epoch"] = row["epoch"]
         self.state["history"].append(row)
@@ -147,9 +198,26 @@ class Store:
                           lr=row["lr"], status="training")
         self.commit()
 
+    def save_best(self, model, phase, epoch, value, best_epoch):
+        """The best weights so far (phase 1's fitted head), committed."""
+        self.state["best_file"] = self._save(f"best-p{phase}-e{epoch:04d}.npz", model, phase, epoch)
+        self.state.update(best=value, best_epoch=best_epoch)
+
+    def end_phase(self, model, phase, epochs):
+        """The phase ends on its best weights (best over all phases so far); committed as its last checkpoint."""
+        if self.has("best"):
+            self.load_weights(model, "best")
+        self.state["last_file"] = self._save(f"end-p{phase}.npz", model, phase, epochs)
+        self.state.update(phase=phase, epoch=epochs, phase_complete=True)
+        self.commit()
+
     def commit(self):
-        write_json(self.run.state_file, self.state)
+        write_json(self.run.state_file, self.state)  # the commit point
         write_history(self.run.history, self.state["history"])
+        keep = {self.state.get("last_file"), self.state.get("best_file")}
+        for p in self.run.checkpoints.glob("*.npz"):
+            if p.name not in keep:
+                p.unlink()
 
 
 def write_history(path, history):
@@ -211,8 +279,17 @@ def train(options):
     if multiworker and not run_arg:
         raise InputError("a multi-worker run (TF_CONFIG is set) needs --run, the same folder on every worker")
     chief = is_chief()
-    run, resuming = choose_run(cfg, run_arg, overwrite) if chief else worker_run(cfg, run_arg, overwrite)
+    if not chief:
+        return _train_in(worker_run(cfg, run_arg, overwrite), cfg, run_arg, chief)
+    run = choose_run(cfg, run_arg, overwrite)
+    with RunLock(run.path, "train"):  # one writer: a second train, or an export, of this run waits its turn
+        opened = open_run(run, cfg, overwrite)
+        tidy(run, log)
+        return _train_in((run, opened), cfg, run_arg, chief)
 
+
+def _train_in(opened, cfg, run_arg, chief):
+    run, resuming = opened
     if resuming:
         state, samples, class_names, cfg = run.state(), run.split(), run.class_names(), run.config()
         log(f"resuming {run.path} at phase {state['phase']}, epoch {state['epoch']}")
@@ -245,6 +322,7 @@ def start_run(run, cfg):
                started_at=datetime.now(timezone.utc).isoformat(timespec="seconds"), command=" ".join(sys.argv))
     write_json(run.data_report, report)
     write_split(run.split_file, samples)
+    cfg["split_sha256"] = sha256_file(run.split_file)  # export and benchmark refuse a split edited since
     write_text(run.labels, "\n".join(class_names) + "\n")
     write_json(run.config_file, cfg)
     state = {"status": "training", "phase": 1, "epoch": 0, "phase_complete": False, "history": []}
@@ -293,6 +371,16 @@ class Data:
                 seed=cfg["seed"], flip=cfg.get("flip", True))
 
 
+def _precision(cfg, keras):
+    """Set the run's Keras precision policy; the resolved one is recorded in config.json on the first start."""
+    from .precision import machine_capabilities, resolve
+
+    policy, why = resolve(cfg.get("precision", "float32"), *machine_capabilities())
+    log(f"precision: {policy} ({why})")
+    keras.mixed_precision.set_global_policy(policy)
+    return policy
+
+
 def _strategy(cfg):
     import tensorflow as tf
 
@@ -315,8 +403,7 @@ def _fit_and_finish(run, cfg, samples, class_names, state):
 
     keras.utils.set_random_seed(cfg["seed"])
     strategy = _strategy(cfg)
-    if cfg["mixed_precision"]:
-        keras.mixed_precision.set_global_policy("mixed_float16")
+    policy = state["precision"] = _precision(cfg, keras)
     data = Data(cfg, samples, class_names)
     data.preview(cfg, run.augment_preview)
     with strategy.scope():
@@ -325,19 +412,14 @@ def _fit_and_finish(run, cfg, samples, class_names, state):
         unfreeze_start(model, cfg)  # a misspelt --unfreeze-from fails now, not after phase 1
     store = Store(run, state)
     if state.get("phase_complete") or state["epoch"] > 0:
-        store.load_weights(model, "last.npz")
+        store.load_weights(model, "last")
     training = Phases(run, cfg, model, strategy, store, state, data, len(class_names))
     for phase, epochs, lr in ((1, cfg["epochs_head"], cfg["lr"]), (2, cfg["epochs_finetune"], cfg["lr_finetune"])):
         if phase < state["phase"] or (phase == state["phase"] and state.get("phase_complete")):
             continue
         training.run(phase, epochs, lr)
-        # the phase ends on its best weights (best over all phases so far)
-        if store.path("best.npz").exists():
-            store.load_weights(model, "best.npz")
-        store.save_weights(model, "last.npz")
-        state.update(phase=phase, epoch=epochs, phase_complete=True)
-        store.commit()
-    if cfg["mixed_precision"]:  # the saved inference model is plain float32
+        store.end_phase(model, phase, epochs)
+    if policy != "float32":  # the saved inference model is plain float32
         keras.mixed_precision.set_global_policy("float32")
         f32 = build_model({**cfg, "weights": "none"}, len(class_names))
         f32.set_weights(model.get_weights())
@@ -377,8 +459,7 @@ class Phases:
             trainable = set_phase(model, phase, cfg)
             compile_for_training(model, cfg, lr)
             if resume:
-                with np.load(store.path("optimizer.npz")) as z:
-                    restore_optimizer(model.optimizer, model, [z[f"arr_{i}"] for i in range(len(z.files))])
+                restore_optimizer(model.optimizer, model, store.optimizer_values())
                 keras.backend.set_value(model.optimizer.learning_rate, state["lr"])
         log(f"phase {phase} ({phase_description(cfg, phase)}): "
             f"{trainable:,} trainable parameters, epochs {start + 1}..{epochs}, lr {lr:g}")
@@ -449,8 +530,8 @@ def _probe_phase(model, cfg, store, state, root, subset, index, class_weight, nu
     if subset["val"]:  # the same measure phase 2's early stopping watches (unweighted), so "best" compares alike
         model.compile(loss="sparse_categorical_crossentropy", metrics=["accuracy"])
         value = float(model.evaluate(val_ds, verbose=0)[0])
-    store.save_weights(model, "best.npz")
-    state.update(best=value, best_epoch=len(state["history"]), probe={k: best[k] for k in ("C", "val_loss", "val_accuracy")})
+    store.save_best(model, 1, 0, value, len(state["history"]))
+    state["probe"] = {k: best[k] for k in ("C", "val_loss", "val_accuracy")}
 
 
 def _finish(run, cfg, model, subset, index, class_names, state):

@@ -69,6 +69,23 @@ def agreement(probs, reference_probs):
 PARITY = {"max_drop": 1.0, "min_agreement": 0.98}
 
 
+def images_to_judge(max_drop=PARITY["max_drop"], min_agreement=PARITY["min_agreement"], z=1.959964):
+    """The fewest test images on which the parity gate can judge, and why: (count, rule).
+
+    Two conditions. One image must move top-1 by no more than the drop budget (100 / n <= max_drop points),
+    or a variant one image behind the reference already fails on resolution alone. And a variant that agrees
+    on every image must be shown, at 95% (Wilson), to agree on more than 1 - 2(1 - min_agreement): twice the
+    budget's allowed disagreement excluded. With the defaults (1 point, 0.98): 100 and 93 images, so 100.
+    """
+    import math
+
+    top1 = math.ceil(100.0 / max_drop - 1e-9) if max_drop > 0 else 0
+    low = min(max(1.0 - 2.0 * (1.0 - min_agreement), 0.0), 0.99)
+    agree = math.ceil(z * z * low / (1.0 - low) - 1e-9) if low > 0 else 0
+    return max(top1, agree), (f"one image must move top-1 by at most {max_drop:g} point(s): {top1} images; full agreement "
+                              f"must exclude {low:.2f} at 95% (Wilson): {agree} images")
+
+
 def parity_misses(drop_points, agree, max_drop=PARITY["max_drop"], min_agreement=PARITY["min_agreement"]):
     """Reasons a variant misses the budget (empty when it holds). drop_points: its top-1 minus the reference's."""
     reasons = []
@@ -112,3 +129,37 @@ def mcnemar_p(correct, reference_correct):
         return 1.0
     k = min(gained, lost)
     return float(min(1.0, 2 * sum(comb(n, i) for i in range(k + 1)) / 2**n))
+
+
+# The per-class budget: a class fails when it loses more than this many images net AND more than this many
+# points of recall (docs/benchmark.md says why both).
+CLASS_PARITY = {"max_class_drop": 10.0, "class_images": 2}
+
+
+def class_parity(y, probs, ref_probs, class_names):
+    """{class: {"n", "recall", "reference_recall", "change_points", "lost", "gained", "p"}}: each class's
+    recall beside the reference's on the same images, the images it lost (right for the reference, wrong
+    here) and gained, and the exact two-sided sign test of lost against gained (McNemar's within the class)."""
+    y = np.asarray(y)
+    pred, ref = np.asarray(probs).argmax(1), np.asarray(ref_probs).argmax(1)
+    out = {}
+    for c, name in enumerate(class_names):
+        idx = y == c
+        n = int(idx.sum())
+        mine, theirs = pred[idx] == c, ref[idx] == c
+        out[name] = {"n": n, "recall": float(mine.mean()) if n else None,
+                     "reference_recall": float(theirs.mean()) if n else None,
+                     "change_points": 100.0 * float(mine.mean() - theirs.mean()) if n else 0.0,
+                     "lost": int(np.sum(theirs & ~mine)), "gained": int(np.sum(mine & ~theirs)),
+                     "p": mcnemar_p(mine, theirs)}
+    return out
+
+
+def class_misses(parity, max_class_drop=CLASS_PARITY["max_class_drop"], class_images=CLASS_PARITY["class_images"]):
+    """Reasons for the classes whose recall dropped past the per-class budget, worst first."""
+    bad = [(name, c) for name, c in parity.items()
+           if c["n"] and c["lost"] - c["gained"] > class_images and -c["change_points"] > max_class_drop + 1e-9]
+    bad.sort(key=lambda nc: nc[1]["change_points"])
+    return [f"class {name}: recall {c['recall']:.3f} against {c['reference_recall']:.3f} ({c['change_points']:+.1f} "
+            f"points, {c['lost'] - c['gained']} of {c['n']} images lost net; budget {max_class_drop:g} points and "
+            f"{class_images} images)" for name, c in bad]

@@ -13,7 +13,7 @@ from pathlib import Path
 from edge_runtime.errors import InputError
 from edge_runtime.timing import DEFAULTS as TIMING
 
-from .metrics import PARITY
+from .metrics import CLASS_PARITY, PARITY
 
 
 class _NotSet:
@@ -74,6 +74,8 @@ TRAIN = (
     O("test_frac", 0.15, "share of each class for the test split", type=float, group="data"),
     O("max_per_class", 0, "undersample: cap images per class in the training split (0: no cap)", type=int,
       group="data", make="MAX_PER_CLASS"),
+    O("group_near_duplicates", True, "keep near copies of a photo (resized, recompressed, lightly cropped) in one "
+      "subset of the split, as exact copies always are; off: only report them", action="bool", group="data"),
     O("use_class_weights", True, "do not weight the loss by class frequency", action="store_false",
       flag="--no-class-weights", group="data"),
     O("augment", 1.0, "augmentation strength, 0 turns it off", type=float, demo=0.0, group="data", make="AUGMENT"),
@@ -112,7 +114,10 @@ TRAIN = (
     O("lr_patience", 2, "epochs without improvement before the learning rate is cut", type=int, demo=4,
       group="training"),
     O("seed", 0, "seed of the split, shuffling and initialisation", type=int, group="training", make="SEED"),
-    O("mixed_precision", False, "mixed_float16 compute (GPU), float32 softmax", action="store_true", group="hardware",
+    O("precision", "auto", "arithmetic of training: auto picks mixed_bfloat16 on a CPU with AMX or AVX-512 BF16, "
+      "mixed_float16 on a GPU with fast float16, float32 otherwise; the saved model is float32 whatever the choice",
+      choices=("auto", "float32", "mixed_float16", "mixed_bfloat16"), group="hardware", make="PRECISION"),
+    O("mixed_precision", False, "the same as --precision mixed_float16 (GPU)", action="store_true", group="hardware",
       make="MIXED_PRECISION"),
     O("xla", False, "compile the training step with XLA", action="store_true", group="hardware", make="XLA"),
     O("strategy", "auto", "auto: MirroredStrategy on several GPUs, MultiWorkerMirroredStrategy when TF_CONFIG is set",
@@ -133,6 +138,11 @@ PARITY_OPTIONS = (
     O("min_agreement", PARITY["min_agreement"], "smallest allowed share of images on which a variant predicts its "
       "reference model's class; the fallback's aim and the gate's check", type=float, group="parity budget",
       make="MIN_AGREEMENT"),
+    O("max_class_drop", CLASS_PARITY["max_class_drop"], "per class: a class misses the budget when its recall falls "
+      "more than this many points below the Keras model's AND it lost more than --class-images images net",
+      type=float, group="parity budget", make="MAX_CLASS_DROP"),
+    O("class_images", CLASS_PARITY["class_images"], "per class: images a class may lose net before its recall drop "
+      "counts (near-ties flip; fewer images than this cannot show a real loss)", type=int, group="parity budget"),
 )
 
 RUN = O("run", None, "run folder (default: the newest finished run in runs/)", make="RUN")
@@ -144,6 +154,9 @@ EXPORT = (
       type=int, make="CALIB"),
     O("qat_epochs", 2, "quantization-aware fine-tuning epochs", type=int, demo=1, make="QAT_EPOCHS"),
     O("qat_lr", 1e-5, "quantization-aware fine-tuning learning rate", type=float),
+    O("qat_labels", 0.0, "share of the quantization-aware loss taken from the labels; the rest distils the float "
+      "model's probabilities, so the file learns to agree with it (0: agreement only, the file is gated against "
+      "Keras; 1: plain QAT on the labels, gated against its own float source)", type=float),
     O("seed", 0, "seed of the calibration images' draw from the training split", type=int),
     O("smoke_images", 16, "validation images compared with the Keras model after each conversion", type=int),
     O("ranges", "auto", "activation ranges of tflite-int8 and onnx-int8: the calibrator's min/max, or a percentile "
@@ -162,9 +175,16 @@ EXPORT = (
 BENCHMARK = (
     RUN, VARIANTS, *PARITY_OPTIONS,
     O("enforce", True, "report parity failures without failing", action="store_false", flag="--no-gate"),
+    O("accept_inconclusive", False, "pass when the test split is too small for the gate to judge (fewer images than "
+      "the budget needs; docs/benchmark.md) instead of failing as inconclusive", action="store_true"),
     O("tune", True, "measure with the runtime libraries' default settings instead of trying each (XNNPACK on/off, "
       "ONNX Runtime graph optimization level) and keeping this machine's fastest", action="store_false",
       flag="--no-tune"),
+    O("robustness", True, "measure agreement with the Keras model under corruptions of the test images (noise, blur, "
+      "JPEG, brightness, contrast, downscaling; 3 severities each)", action="bool", group="robustness"),
+    O("robustness_images", 32, "test images corrupted for that, spread over the classes", type=int, group="robustness"),
+    O("robustness_min_agreement", None, "fail a variant whose agreement with Keras falls below this under any "
+      "corruption (default: reported, not gated)", type=float, group="robustness"),
     O("threads", None, "the 'all cores' thread count (default: the cores this process may use)", type=int,
       group="timing"),
     O("batch", 16, "batch size for accuracy and throughput", type=int, group="timing"),
@@ -253,7 +273,8 @@ def given(namespace, command):
 
 
 # A run's config.json records these besides the options; a recipe may hold them, and they are not options.
-RECORDED = {"classes", "class_weights", "preprocessing", "versions", "started_at", "command", "demo", "precision"}
+RECORDED = {"classes", "class_weights", "preprocessing", "versions", "started_at", "command", "demo", "precision",
+            "split_sha256", "precision_why"}
 RENAMED = {"data_root": "data"}  # config.json's name -> the option's
 
 

@@ -18,7 +18,7 @@ class TrainResult:
     @property
     def metrics(self):
         """{"val": {...}, "test": {...}}: top-1, top-5, macro-F1, balanced accuracy, per-class recall, confusion."""
-        return json.loads(self.run.metrics.read_text())
+        return json.loads(self.run.metrics.read_text(encoding="utf-8"))
 
 
 @dataclass
@@ -49,8 +49,14 @@ class BenchmarkResult:
         return self.report["gate"]["failures"]
 
     @property
+    def inconclusive(self):
+        """Too few test images for the gate to judge (and no variant clearly missed)."""
+        return bool(self.report["gate"].get("inconclusive"))
+
+    @property
     def passed(self):
-        return not self.failures
+        g = self.report["gate"]
+        return not self.failures and (not self.inconclusive or bool(g.get("inconclusive_accepted")))
 
     @property
     def rows(self):

@@ -36,6 +36,12 @@ class Run:
     export_manifest = property(lambda self: self.path / "export" / "manifest.json")
     benchmark_dir = property(lambda self: self.path / "benchmark")
 
+    def lock(self, what):
+        """This run for this process alone while `what` works on it (train/shared/lock.py)."""
+        from .lock import RunLock
+
+        return RunLock(self.path, what)
+
     def state(self):
         return _read_json(self.state_file) if self.state_file.exists() else {}
 
@@ -47,9 +53,17 @@ class Run:
         return _read_json(self.config_file)
 
     def class_names(self):
-        return [l for l in self.labels.read_text().splitlines() if l.strip()]
+        return [l for l in self.labels.read_text(encoding="utf-8").splitlines() if l.strip()]
 
     def split(self):
+        """The samples of split.csv, refused if the file changed since training wrote it."""
+        expected = self.config().get("split_sha256") if self.config_file.is_file() else None
+        if expected:
+            from edge_runtime.files import sha256_file
+
+            if not self.split_file.is_file() or sha256_file(self.split_file) != expected:
+                raise InputError(f"{self.split_file} changed since training wrote it (its SHA-256 is not the one in "
+                                 f"{self.config_file.name}): the split cannot be trusted; restore it or train a new run")
         return read_split(self.split_file)
 
     def manifest(self):
@@ -101,7 +115,7 @@ class Run:
 
 def _read_json(path):
     try:
-        return json.loads(Path(path).read_text())
+        return json.loads(Path(path).read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as e:
         raise InputError(f"{path}: unreadable JSON ({e})") from None
 

@@ -15,12 +15,13 @@ class Sample:
     label: str
     sha256: str = ""
     subset: str = ""  # train, val, test, or unused (dropped by undersampling)
+    phash: tuple = None  # perceptual hashes while scanning (train/duplicates.py); not written to split.csv
 
 
 def write_split(path, samples):
     from edge_runtime.files import atomic_path
 
-    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
+    with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
         w = csv.writer(f)
         w.writerow(["path", "label", "subset", "sha256"])
         for s in sorted(samples, key=lambda s: (SUBSETS.index(s.subset) if s.subset in SUBSETS else 3, s.label, s.path)):
@@ -31,7 +32,7 @@ def read_split(path):
     path = Path(path)
     if not path.is_file():
         raise InputError(f"split file {path} is missing")
-    with open(path, newline="") as f:
+    with open(path, newline="", encoding="utf-8") as f:
         rows = list(csv.DictReader(f))
     if not rows or set(rows[0]) != {"path", "label", "subset", "sha256"}:
         raise InputError(f"split file {path} is not a split written by train")
