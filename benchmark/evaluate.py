@@ -333,6 +333,8 @@ class Bench:
         row.update(self.parity_detail(t, own))
         if self.robust_context:
             row["robustness"] = self.robustness(t, full.get("robustness_seconds"))
+        if t.entry.get("bias_correction"):
+            row["bias_correction"] = t.entry["bias_correction"]
         fb = t.entry.get("fallback")
         if fb:
             row.update(float_ops=len(fb["kept_float"]), fallback_met_budget=fb["met_budget"], fallback=fallback_summary(fb),
@@ -421,5 +423,47 @@ def recommend(rows, failures):
     fastest = min(passing, key=lambda r: (r["p50_ms"], r["size_mb"]))
     smallest = min(passing, key=lambda r: (r["size_mb"], r["p50_ms"]))
     accurate = max(passing, key=lambda r: (r["top1"], r["agreement"], -r["p50_ms"]))
-    return {goal: {"variant": r["variant"], "why": figures(r)}
-            for goal, r in (("fastest", fastest), ("smallest", smallest), ("most_accurate", accurate))}
+    picks = {goal: {"variant": r["variant"], "why": figures(r)}
+             for goal, r in (("fastest", fastest), ("smallest", smallest), ("most_accurate", accurate))}
+    integer = integer_pick(rows, passing)
+    if integer:
+        picks["integer"] = integer
+    return picks
+
+
+def _is_integer(r):
+    return r["precision"].startswith("int8")
+
+
+def integer_pick(rows, passing):
+    """The integer file to use when int8 speed matters (a Pi, a phone), and what it costs against float.
+
+    Of the integer files that pass, the one fastest at 1 thread (the device's case), with its speed against the
+    float32 file of its own format, measured in the same benchmark; when none passes, the one closest to the
+    gate and why it missed. {} when the run has no integer file."""
+    measured = [r for r in rows if r["status"] == "ok" and _is_integer(r) and r["variant"] != QAT_SOURCE]
+    if not measured:
+        return {}
+    floats = {r["format"]: r for r in rows if r["status"] == "ok" and r["precision"] == "float32"
+              and r["variant"] not in (REFERENCE, QAT_SOURCE)}
+    ok = [r for r in passing if _is_integer(r)]
+    if not ok:
+        closest = max(measured, key=lambda r: (r["agreement"], r["top1"]))
+        return {"variant": None, "closest": closest["variant"],
+                "why": f"no integer file passes the gate; the closest is `{closest['variant']}` "
+                       f"(agreement {closest['agreement']:.3f}, top-1 {closest['top1_change_points']:+.1f} pts)"}
+    r = min(ok, key=lambda r: (r["p50_ms_1thread"], r["p50_ms"], r["size_mb"]))
+    pick = {"variant": r["variant"], "ops_kept_float": r.get("float_ops") or 0,
+            "p50_ms_1thread": r["p50_ms_1thread"], "failing_integer": sorted(
+                x["variant"] for x in measured if x["variant"] not in {p["variant"] for p in ok})}
+    why = (f"p50 {r['p50_ms_1thread']:.2f} ms at 1 thread, "
+           + (f"{pick['ops_kept_float']} ops kept float, " if "float_ops" in r else "")
+           + f"agreement {r['agreement']:.3f}")
+    base = floats.get(r["format"])
+    if base:
+        pick.update(float_variant=base["variant"], float_p50_ms_1thread=base["p50_ms_1thread"],
+                    speedup_vs_float=base["p50_ms_1thread"] / r["p50_ms_1thread"])
+        why += (f"; `{base['variant']}` takes {base['p50_ms_1thread']:.2f} ms, so the integer file runs "
+                f"{pick['speedup_vs_float']:.2f}× its speed on this machine")
+    pick["why"] = why
+    return pick

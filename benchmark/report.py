@@ -91,6 +91,18 @@ def verdict_text(gate):
                        if "images_needed" in gate else "")
 
 
+def integer_lines(report):
+    """The integer file to deploy where int8 speed matters, or why there is none."""
+    integer = (report.get("recommendation") or {}).get("integer")
+    if not integer:
+        return []
+    line = (f"- **Integer** (for a Pi or a phone): `{integer['variant']}`: {integer['why']}."
+            if integer["variant"] else f"- **Integer**: {integer['why']}.")
+    if integer.get("failing_integer"):
+        line += f" Failing the gate: {', '.join(f'`{v}`' for v in integer['failing_integer'])}."
+    return [line, ""]
+
+
 def markdown(report):
     rows, ctx, m = report["rows"], report["context"], report["machine"]
     gate = report["gate"]
@@ -119,6 +131,7 @@ def markdown(report):
         out += ["", f"`make bundle RUN={report['run']}` packs the fastest; pass `VARIANT=` for another.", ""]
     else:
         out += ["No exported variant passes the gate, so none is recommended.", ""]
+    out += integer_lines(report)
     out += fallback_section(rows)
     out += ceiling_section(rows, m.get("cpu_flags", []))
     out += class_section(rows) + flips_section(rows) + robustness_section(rows, ctx)
@@ -170,10 +183,28 @@ def fallback_section(rows):
                    f"{b['agreement']:.3f} | {kept} | {a['top1_change_points']:+.1f} / {a['agreement']:.3f} | "
                    f"{'yes' if fb['met_budget'] else '**no**'} | {size} | {p50} |")
     for r in fbs:
+        line = bias_correction_line(r)
+        if line:
+            out.append(f"\n`{r['variant']}`: {line}.")
+    for r in fbs:
         layers = r["fallback"].get("kept_float_layers") or []
         if layers:
             out.append(f"\n`{r['variant']}` keeps these ops float: {', '.join(f'`{x}`' for x in layers)}.")
     return out + [""]
+
+
+def bias_correction_line(row):
+    """What bias correction did for one integer file, in words; None where the exporter never considered it."""
+    bc = row.get("bias_correction")
+    if not bc:
+        return None
+    if not bc.get("tried"):
+        return f"bias correction not tried ({bc.get('why')})"
+    p, c = bc["validation_plain"], bc["validation_corrected"]
+    return (f"bias correction {'kept' if bc['kept'] else 'tried, not kept'} ({bc['layers']} layers from "
+            f"{bc['images']} calibration images): validation agreement {p['agreement']:.3f} → {c['agreement']:.3f}, "
+            f"mean |Δp| {p['mean_abs_prob_diff']:.4f} → {c['mean_abs_prob_diff']:.4f}, "
+            f"Δ top-1 {p['top1_change_points']:+.1f} → {c['top1_change_points']:+.1f} pts")
 
 
 def ceiling_section(rows, flags):

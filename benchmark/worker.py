@@ -49,10 +49,14 @@ class KerasModel:
         tf = import_tensorflow()
         tf.config.threading.set_intra_op_parallelism_threads(threads)
         tf.config.threading.set_inter_op_parallelism_threads(1 if threads == 1 else 0)
-        from train.model import load_keras
+        from train.model import load_keras, load_run_model
+        from train.shared.run_folder import Run
 
-        # the QAT float source holds tfmot's fake-quant layers
-        self.model = load_keras(path, quantization_aware="qat" in Path(path).name)
+        run = Run(Path(path).parent)
+        if Path(path) == run.model and run.config_file.is_file():
+            self.model = load_run_model(run)  # the run's own model: built from its config, then its weights
+        else:  # the QAT float source holds tfmot's fake-quant layers
+            self.model = load_keras(path, quantization_aware="qat" in Path(path).name)
         self.size = tuple(int(d) for d in self.model.input_shape[1:3])
         self._fn = tf.function(lambda x: self.model(x, training=False), reduce_retracing=True)
 

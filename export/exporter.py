@@ -5,6 +5,7 @@ Keras model, and only then renamed into place; a failure leaves the previous goo
 its manifest entry alone. The manifest is rewritten (atomically) after every variant.
 """
 import os
+import shutil
 import time
 import traceback
 from datetime import datetime, timezone
@@ -15,7 +16,9 @@ import numpy as np
 
 from edge_runtime.classifier import Classifier
 from edge_runtime.errors import InputError
-from edge_runtime.files import MANIFEST, atomic_path, read_manifest, sha256_file, write_json, write_text
+from edge_runtime.files import (MANIFEST, TEMP_PREFIX, atomic_path, fsync_path, read_manifest, sha256_file, write_json,
+                                write_text)
+from edge_runtime.machine import cores
 from edge_runtime.preprocess import load_batch
 from train.shared.progress import Progress, heartbeat, logger
 
@@ -40,6 +43,9 @@ class Context:
         self.run = run
         self.budget = budget or Budget()
         self.config = run.config()
+        self.options = dict(options)  # what a background conversion needs to build its own context
+        self.scratch = []  # folders removed by close()
+        self.source_sha256 = None
         o = {**defaults("export", bool(self.config.get("demo"))), **options}
         self.ranges = o["ranges"]  # activation ranges of the int8 files: export/ranges.py
         self.class_names = run.class_names()
@@ -48,6 +54,7 @@ class Context:
         self.calibration_count, self.smoke_count = o["calibration_images"], o["smoke_images"]
         self.qat_epochs, self.qat_lr, self.seed = o["qat_epochs"], o["qat_lr"], o["seed"]
         self.qat_labels = o["qat_labels"]
+        self.bias_correction = o["bias_correction"]  # auto | on | off: export/int8.py
         self.size = tuple(self.config["image_size"])
         self.log = log
         self.timings = {}  # seconds of the shared stages (model load, trace, tf2onnx), for the manifest
@@ -64,8 +71,8 @@ class Context:
     def close(self):
         import shutil
 
-        if "work" in self.__dict__:
-            shutil.rmtree(self.work, ignore_errors=True)
+        for folder in self.scratch + ([self.work] if "work" in self.__dict__ else []):
+            shutil.rmtree(folder, ignore_errors=True)
 
     @cached_property
     def saved_model(self):
@@ -90,6 +97,29 @@ class Context:
         self.timings["tf2onnx"] = round(time.time() - t0, 1)
         return data
 
+    @cached_property
+    def bias_corrected(self):
+        """This context with the model's biases corrected for int8 weight rounding (export/bias_correction.py):
+        its own trace and tf2onnx conversion, the same images, and the original model's probabilities as the
+        reference. Built once, for every int8 format that tries it."""
+        import copy
+        import tempfile
+
+        from train.shared.scratch import prefix
+
+        from .bias_correction import correct
+
+        shared = self.calibration, self.validation, self.smoke  # computed once, from the original model
+        view = copy.copy(self)
+        for name in ("saved_model", "onnx_float", "work", "bias_corrected"):
+            view.__dict__.pop(name, None)
+        view.__dict__["work"] = Path(tempfile.mkdtemp(prefix=prefix("export-bias-corrected")))
+        self.scratch.append(view.work)
+        with heartbeat("export", "correcting biases for int8 weights"):
+            view.__dict__["model"], view.correction = correct(self.model, shared[0])
+        view.timings = {}  # its own trace and tf2onnx seconds, reported with the correction
+        return view
+
     def subset(self, name):
         return [s for s in self.samples if s.subset == name]
 
@@ -105,11 +135,11 @@ class Context:
         from train.shared.tf_setup import import_tensorflow
 
         import_tensorflow()
-        from train.model import load_keras
+        from train.model import load_run_model
 
         t0 = time.time()
         with heartbeat("export", f"loading {self.run.model}"):
-            model = load_keras(self.run.model)
+            model = load_run_model(self.run)
         self.timings["load model"] = round(time.time() - t0, 1)
         return model
 
@@ -221,12 +251,15 @@ def drop_previous(out):
 def recover(out, manifest=None):
     """Put back a previous file whose replacement the manifest does not describe yet (a killed or failed export)."""
     manifest = manifest if manifest is not None else previous_manifest(out)
-    by_file = {e.get("file"): e for e in manifest.get("variants", {}).values()}
+    described = {}
+    for e in manifest.get("variants", {}).values():
+        described[e.get("file")] = e.get("sha256")
+        if e.get("reference_model"):
+            described[e["reference_model"]] = e.get("reference_model_sha256")
     restored = 0
     for prev in out.glob(PREVIOUS.format("*")):
         name = prev.name[1:-len(".prev")]
-        entry = by_file.get(name)
-        if entry and entry.get("sha256") == sha256_file(prev):  # the manifest still describes the old file
+        if described.get(name) and described[name] == sha256_file(prev):  # the manifest still describes the old file
             os.replace(prev, out / name)
             restored += 1
         else:
@@ -258,6 +291,7 @@ def export_run(run, variant_names=None, variants=None, **ctx_options):
         "tool_versions": package_versions(TOOLS),
     })
     manifest.setdefault("variants", {})
+    ctx.source_sha256 = manifest["source_model"]["sha256"]
     failed = []
     try:
         _export_each(chosen, ctx, out, manifest, failed)
@@ -266,52 +300,93 @@ def export_run(run, variant_names=None, variants=None, **ctx_options):
     return manifest, failed
 
 
+# Converted in a process of its own beside the others (export/background.py): QAT's fine-tuning keeps every
+# core busy for minutes while the other conversions mostly use one.
+BACKGROUND = ("tflite-qat-int8",)
+
+
+def convert(v, ctx, tmp, manifest):
+    """Write variant v into tmp, metadata included, and smoke-check it: the fields of its manifest entry."""
+    t0 = time.time()
+    extra = v.convert(ctx, tmp) or {}
+    if v.format == "tflite":  # mobile-ready: labels and input description for MediaPipe and co.
+        extra["metadata"] = _tflite_metadata(tmp, ctx, v, manifest)
+    info, smoke = smoke_check(tmp, ctx, extra.pop("smoke_reference", None))
+    return {"file": v.filename, "format": v.format, "precision": v.precision, "status": "ok",
+            "bytes": Path(tmp).stat().st_size, "sha256": sha256_file(tmp),  # of the very bytes renamed into place
+            "inputs": [info["input"]], "outputs": [info["output"]],
+            "calibration_images": extra.pop("calibration_images", 0),
+            **({"calibration_seed": ctx.seed} if v.calibrated else {}),
+            "seconds": round(time.time() - t0, 1), "smoke_check": smoke,
+            "exported_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "source_sha256": manifest["source_model"]["sha256"], **extra}
+
+
+def commit(out, entry):
+    """Keep each file a converted variant replaces until the manifest names the new one (keep_previous /
+    recover), and move in the files it staged; atomic_path then renames the variant's own file into place."""
+    staged = entry.pop("staged", {})
+    keep_previous(out / entry["file"])
+    for name, path in staged.items():
+        keep_previous(out / name)
+        if Path(path).parent != out:  # staged in a scratch folder, maybe another file system: copy in first
+            near = out / f"{TEMP_PREFIX}{name}.in"  # swept like any temporary if a kill leaves it
+            with atomic_path(near) as copy:
+                shutil.copyfile(path, copy)
+            path = near
+        os.replace(path, out / name)
+    fsync_path(out)
+
+
 def _export_each(chosen, ctx, out, manifest, failed):
-    progress = Progress("export", len(chosen), "variants")
-    for i, v in enumerate(chosen, 1):
-        log(f"[{i}/{len(chosen)}] {v.name} ({v.format}, {v.precision})")
-        t0 = time.time()
-        final = out / v.filename
-        try:
-            with atomic_path(final, suffix=final.suffix) as tmp:
-                extra = v.convert(ctx, tmp) or {}
-                if v.format == "tflite":  # mobile-ready: labels and input description for MediaPipe and co.
-                    extra["metadata"] = _tflite_metadata(tmp, ctx, v, manifest)
-                info, smoke = smoke_check(tmp, ctx, extra.pop("smoke_reference", None))
-                size, digest = tmp.stat().st_size, sha256_file(tmp)  # of the very bytes renamed into place
-                keep_previous(final)
-            entry = {
-                "file": v.filename, "format": v.format, "precision": v.precision, "status": "ok",
-                "bytes": size, "sha256": digest,
-                "inputs": [info["input"]], "outputs": [info["output"]],
-                "calibration_images": extra.pop("calibration_images", 0),
-                **({"calibration_seed": ctx.seed} if v.calibrated else {}),
-                "seconds": round(time.time() - t0, 1), "smoke_check": smoke,
-                "exported_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                "source_sha256": manifest["source_model"]["sha256"], **extra,
-            }
-            manifest["variants"][v.name] = entry
-            log(f"    ok: {entry['bytes'] / 1e6:.2f} MB in {entry['seconds']} s, "
-                f"smoke agreement {smoke['agreement']:.0%} on {smoke['images']} images")
-        except InputError:
-            recover(out, manifest)
-            raise  # bad input (missing data, unloadable model) stops everything with one clear line
-        except Exception as e:
-            error = f"{type(e).__name__}: {str(e).strip().splitlines()[0][:300] if str(e).strip() else ''}"
-            recover(out, manifest)
-            failed.append(v.name)
-            previous = manifest["variants"].get(v.name)
-            if previous and previous.get("status") == "ok" and final.exists():
-                previous["last_error"] = error  # the earlier good file stays, as does its entry
-            else:
-                manifest["variants"][v.name] = {"file": v.filename, "format": v.format, "precision": v.precision,
-                                                "status": "failed", "error": error,
-                                                "seconds": round(time.time() - t0, 1)}
-            log(f"    FAILED: {error}")
-            (out / f"{v.name}.error.log").write_text(traceback.format_exc(), encoding="utf-8")
-        progress.update(i, v.name)
-        manifest["updated_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
-        # shared stages are paid by the first variant that needs them; their cost is listed apart
-        manifest["shared_stage_seconds"] = dict(ctx.timings)
-        write_json(out / MANIFEST, manifest)
-        drop_previous(out)  # the manifest now describes the new file: the previous one can go
+    from .background import start
+
+    progress, done = Progress("export", len(chosen), "variants"), 0
+    jobs = start([v for v in chosen if v.name in BACKGROUND], ctx) if len(chosen) > 1 and cores() > 1 else {}
+    for v in chosen:
+        if v.name in jobs:
+            continue
+        done += 1
+        log(f"[{done}/{len(chosen)}] {v.name} ({v.format}, {v.precision})")
+        _one(v, ctx, out, manifest, failed, lambda tmp: convert(v, ctx, tmp, manifest))
+        progress.update(done, v.name)
+    for v in chosen:
+        if v.name in jobs:
+            done += 1
+            log(f"[{done}/{len(chosen)}] {v.name}: waiting for its own process")
+            _one(v, ctx, out, manifest, failed, jobs[v.name].result)
+            progress.update(done, v.name)
+
+
+def _one(v, ctx, out, manifest, failed, produce):
+    """Produce one variant's file (a conversion here, or a background process's result) and commit it, or
+    record its failure with the previous good file left in place; then write the manifest."""
+    t0 = time.time()
+    final = out / v.filename
+    try:
+        with atomic_path(final, suffix=final.suffix) as tmp:
+            entry = produce(tmp)
+            commit(out, entry)
+        manifest["variants"][v.name] = entry
+        log(f"    ok: {entry['bytes'] / 1e6:.2f} MB in {entry['seconds']} s, "
+            f"smoke agreement {entry['smoke_check']['agreement']:.0%} on {entry['smoke_check']['images']} images")
+    except InputError:
+        recover(out, manifest)
+        raise  # bad input (missing data, unloadable model) stops everything with one clear line
+    except Exception as e:
+        error = f"{type(e).__name__}: {str(e).strip().splitlines()[0][:300] if str(e).strip() else ''}"
+        recover(out, manifest)
+        failed.append(v.name)
+        previous = manifest["variants"].get(v.name)
+        if previous and previous.get("status") == "ok" and final.exists():
+            previous["last_error"] = error  # the earlier good file stays, as does its entry
+        else:
+            manifest["variants"][v.name] = {"file": v.filename, "format": v.format, "precision": v.precision,
+                                            "status": "failed", "error": error, "seconds": round(time.time() - t0, 1)}
+        log(f"    FAILED: {error}")
+        (out / f"{v.name}.error.log").write_text(getattr(e, "details", None) or traceback.format_exc(), encoding="utf-8")
+    manifest["updated_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    # shared stages are paid by the first variant that needs them; their cost is listed apart
+    manifest["shared_stage_seconds"] = dict(ctx.timings)
+    write_json(out / MANIFEST, manifest)
+    drop_previous(out)  # the manifest now describes the new files: the previous ones can go

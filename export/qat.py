@@ -119,7 +119,8 @@ class Distilled(keras.Model):
     """The QAT model trained to agree with the float model (its teacher): the loss is `labels` times the
     cross-entropy with the labels plus (1 - labels) times the cross-entropy with the teacher's probabilities
     on the same (augmented) images. With labels 0 it learns only to answer as the float model does, which is
-    what the parity gate asks of it; with 1 it is plain QAT, which fine-tunes on and drifts from its source."""
+    what the parity gate asks of it; with 1 it is plain QAT, which fine-tunes on and drifts from its source.
+    Batch-norm statistics are frozen in both (see _loss_and_agreement)."""
 
     def __init__(self, student, teacher, labels):
         super().__init__()
@@ -134,7 +135,10 @@ class Distilled(keras.Model):
 
         x, y, weight = keras.utils.unpack_x_y_sample_weight(data)
         teacher = tf.stop_gradient(self.teacher(x, training=False))
-        p = self.student(x, training=training)
+        # The student runs in inference mode even while it learns: batch normalisation keeps the float model's
+        # statistics (a small batch's own would move them away from the teacher), dropout is off as in the
+        # teacher, and the calibrated activation ranges stay put; gradients still pass the fake-quant nodes.
+        p = self.student(x, training=False)
         per = (self.labels * keras.losses.sparse_categorical_crossentropy(y, p)
                + (1.0 - self.labels) * keras.losses.categorical_crossentropy(teacher, p))
         if weight is not None:
@@ -187,6 +191,7 @@ def quantization_aware_model(ctx):
         hist = trainer.fit(train_ds, validation_data=val_ds, epochs=ctx.qat_epochs, class_weight=weights, verbose=2,
                            callbacks=[EpochProgress("QAT", 0, ctx.qat_epochs, stage="export")])
         info["qat_history"] = {k: [float(x) for x in v] for k, v in hist.history.items()}
+        set_weight_ranges(qat, ctx.calibration[:8])  # the student learnt in inference mode: ranges of its new weights
         stages.lap("fine-tune epochs")
     info["qat_seconds"] = round(time.time() - start, 1)
     info["stage_seconds"] = stages

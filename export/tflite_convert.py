@@ -183,12 +183,12 @@ def qat_int8(ctx, path):
     out["smoke_reference"] = qat_model  # the converter is checked against its own source: the QAT model
     # QAT fine-tunes further, so the file's agreement says something about quantization only against
     # this model, its float source (fake-quant nodes included); the benchmark gates it against that.
-    from edge_runtime.files import atomic_path, sha256_file
+    from edge_runtime.files import sha256_file
 
-    source = ctx.run.export_dir / QAT_SOURCE
-    with atomic_path(source, suffix=".h5") as tmp:
-        qat_model.save(str(tmp), include_optimizer=False)
-        out["reference_model_sha256"] = sha256_file(tmp)  # the benchmark measures only this very source
+    source = ctx.work / QAT_SOURCE  # staged: the export moves it into place with the file (exporter.commit)
+    qat_model.save(str(source), include_optimizer=False)
+    out["reference_model_sha256"] = sha256_file(source)  # the benchmark measures only this very source
+    out["staged"] = {QAT_SOURCE: str(source)}
     stages.lap("save source")
     out["reference_model"] = QAT_SOURCE
     # distilled, the file learnt to answer as the Keras model does, so it is gated against Keras like every

@@ -73,8 +73,9 @@ def test_benchmark_reports_every_variant(tiny_export):
     rows = {r["variant"]: r for r in report["rows"]}
     assert list(rows) == ["keras", "tflite-fp32", "tflite-fp16", "tflite-dynamic", "tflite-int8", "qat-source",
                           "tflite-qat-int8", "onnx-fp32", "onnx-int8"]
-    # QAT's agreement is against its own float source; the others' against Keras; each with an interval
-    assert rows["tflite-qat-int8"]["agreement_reference"] == "qat-source"
+    # QAT is distilled from the float model by default, so every file is gated against Keras; its float
+    # source is still measured as a row of its own. Each agreement has an interval.
+    assert rows["tflite-qat-int8"]["agreement_reference"] == "keras"
     assert rows["tflite-int8"]["agreement_reference"] == "keras"
     for name in ("tflite-int8", "onnx-int8", "tflite-qat-int8"):
         lo, hi = rows[name]["agreement_ci"]
@@ -224,8 +225,10 @@ def test_median_interval_brackets_the_median():
 
 
 def _measured(name, p50, top1, size, fmt="tflite", agreement=1.0):
-    return {"variant": name, "status": "ok", "format": fmt, "p50_ms": p50, "p50_ms_1thread": 2 * p50, "top1": top1,
-            "size_mb": size, "top1_change_points": 0.0, "agreement": agreement}
+    precision = "int8" if "int8" in name else "float16 weights" if "fp16" in name else "float32"
+    return {"variant": name, "status": "ok", "format": fmt, "precision": precision, "p50_ms": p50,
+            "p50_ms_1thread": 2 * p50, "top1": top1, "size_mb": size, "top1_change_points": 0.0,
+            "agreement": agreement}
 
 
 def test_point_labels_never_overlap():
@@ -256,6 +259,33 @@ def test_recommendation_picks_among_passing_variants_only():
     assert rec["smallest"]["variant"] == "tflite-int8"
     assert rec["most_accurate"]["variant"] == "tflite-fp16"
     assert recommend(rows[:2], failures={}) == {}
+
+
+def test_the_integer_pick_names_the_cheapest_passing_integer_file_and_its_cost_against_float():
+    from benchmark.evaluate import recommend
+
+    rows = [_measured("keras", 1.0, 0.99, 95, "keras"), _measured("tflite-fp32", 4.0, 0.95, 94),
+            _measured("tflite-fp16", 3.0, 0.95, 47), _measured("tflite-int8", 1.0, 0.95, 24, agreement=0.95),
+            {**_measured("tflite-qat-int8", 1.6, 0.95, 24, agreement=0.99), "float_ops": 3},
+            _measured("onnx-fp32", 3.0, 0.95, 94, "onnx"), _measured("onnx-int8", 1.2, 0.95, 24, "onnx")]
+    failures = {"tflite-int8": ["agreement 0.950 < 0.98"]}
+    pick = recommend(rows, failures)["integer"]
+    # onnx-int8 is the fastest passing integer file at 1 thread; its float is onnx-fp32 (6.0 / 2.4 ms)
+    assert pick["variant"] == "onnx-int8" and pick["float_variant"] == "onnx-fp32"
+    assert pick["speedup_vs_float"] == pytest.approx(2.5)
+    assert pick["failing_integer"] == ["tflite-int8"]
+    # with onnx-int8 failing too, the passing QAT file is named with the ops it keeps float
+    pick = recommend(rows, {**failures, "onnx-int8": ["class x"]})["integer"]
+    assert pick["variant"] == "tflite-qat-int8" and pick["ops_kept_float"] == 3
+    assert pick["speedup_vs_float"] == pytest.approx(4.0 / 1.6)
+    # no integer file passes: none is named, the closest is
+    none = recommend(rows, {**failures, "onnx-int8": ["x"], "tflite-qat-int8": ["x"]})
+    assert none["integer"]["variant"] is None and none["integer"]["closest"] in ("onnx-int8", "tflite-qat-int8")
+    assert none["fastest"]["variant"] == "tflite-fp16"
+    from benchmark.report import integer_lines
+
+    assert "no integer file passes the gate" in "\n".join(integer_lines({"recommendation": none}))
+    assert "runs 2.50× its speed" in "\n".join(integer_lines({"recommendation": recommend(rows, failures)}))
 
 
 def test_mobile_resize_is_plain_bilinear_without_antialiasing():
@@ -300,3 +330,13 @@ def test_the_report_names_every_op_the_fallback_kept_float_and_its_cost():
     assert "24.0 → 69.0" in text and "9.6 → 26.1" in text
     assert "`conv5_a`, `head_dense`" in text and "tflite-fp32" not in text
     assert fallback_section([{"variant": "tflite-fp32"}]) == []
+    # what bias correction did (export/int8.py's record) is said beside the fallback, kept or not
+    row["bias_correction"] = {"tried": True, "kept": True, "layers": 27, "images": 200,
+                              "validation_plain": {"top1_change_points": 0.8, "agreement": 0.96, "mean_abs_prob_diff": 0.0053},
+                              "validation_corrected": {"top1_change_points": 0.0, "agreement": 0.984,
+                                                       "mean_abs_prob_diff": 0.0016}}
+    text = "\n".join(fallback_section([row]))
+    assert ("`tflite-int8`: bias correction kept (27 layers from 200 calibration images): validation agreement "
+            "0.960 → 0.984, mean |Δp| 0.0053 → 0.0016, Δ top-1 +0.8 → +0.0 pts") in text
+    row["bias_correction"] = {"tried": False, "why": "the plain file meets the budget"}
+    assert "bias correction not tried (the plain file meets the budget)" in "\n".join(fallback_section([row]))

@@ -43,6 +43,8 @@ def test_every_variant_loads_in_edge_runtime_and_gives_probabilities(tiny_export
         if v.calibrated:  # every integer variant takes uint8 pixels, as the contract says (onnx-int8 casts inside)
             assert entry["inputs"][0]["dtype"] == "uint8", v.name
             assert entry["calibration_images"] > 0
+        if v.name in ("tflite-int8", "onnx-int8"):  # bias correction is tried only where the plain file misses the budget
+            assert entry["bias_correction"] == {"tried": False, "why": "the plain file meets the budget"}, v.name
         for key in ("sha256", "inputs", "outputs", "seconds", "source_sha256", "smoke_check"):
             assert entry[key], (v.name, key)
     assert manifest["tool_versions"]["tf2onnx"] and manifest["preprocessing"]["input_size"] == [64, 64]
@@ -182,3 +184,82 @@ def test_a_uint8_input_cast_changes_no_output(tiny_export, tmp_path):
     cls = Classifier(cast, settings={}, labels=["blue", "green", "red"], verify=False)
     assert cls.input.dtype == "uint8"
     assert np.array_equal(a, cls.probabilities(pixels))
+
+
+def test_the_model_built_from_the_runs_config_answers_as_the_saved_file(tiny_run):
+    from train.model import load_keras, load_run_model
+
+    _, _, pixels = tiny_run.test_set()
+    pixels = pixels[:6].astype(np.float32)
+    built, whole = load_run_model(tiny_run), load_keras(tiny_run.model)
+    assert [w.shape for w in built.weights] == [w.shape for w in whole.weights]
+    np.testing.assert_allclose(built.predict(pixels, verbose=0), whole.predict(pixels, verbose=0), atol=1e-6)
+
+
+def test_a_background_conversion_that_fails_says_why_in_the_parent(tmp_path):
+    """The QAT conversion runs in a process of its own: its error (here, a run that does not exist) reaches
+    the parent as that variant's failure with the child's traceback, and its scratch is the parent's to remove."""
+    from types import SimpleNamespace
+
+    from export.background import Job
+    from export.variants import BY_NAME
+
+    ctx = SimpleNamespace(run=SimpleNamespace(path=tmp_path / "no-such-run"), options={}, scratch=[],
+                          source_sha256="0" * 64)
+    job = Job(BY_NAME["tflite-qat-int8"], ctx)
+    assert ctx.scratch == [job.dir]
+    with pytest.raises(RuntimeError) as e:
+        job.result(tmp_path / "out.tflite")
+    assert "no-such-run" in str(e.value) and "Traceback" in e.value.details
+    assert not (tmp_path / "out.tflite").exists()
+
+
+def _biased_model(rng):
+    """A 1x1 conv, its BatchNormalization, a pool and a dense layer: linear throughout, so the mean output of
+    int8-rounded weights can be worked out exactly. One large weight per output channel sets the channel's
+    scale and leaves the others coarsely rounded, as in a real network's depthwise layers."""
+    import tf_keras as keras
+
+    inp = keras.Input((6, 6, 3))
+    x = keras.layers.Conv2D(4, 1, use_bias=False, name="conv")(inp)
+    x = keras.layers.BatchNormalization(name="bn")(x)
+    out = keras.layers.Dense(3, name="dense")(keras.layers.GlobalAveragePooling2D()(x))
+    model = keras.Model(inp, out)
+    w = rng.normal(0, 0.05, (1, 1, 3, 4))
+    w[0, 0, 0] = 1.0
+    model.get_layer("conv").set_weights([w])
+    model.get_layer("bn").set_weights([rng.uniform(0.5, 2, 4), rng.normal(0, 1, 4), rng.normal(0, 1, 4),
+                                       rng.uniform(0.5, 2, 4)])
+    d = rng.normal(0, 0.05, (4, 3))
+    d[0] = 1.0
+    model.get_layer("dense").set_weights([d, rng.normal(0, 1, 3)])
+    return model
+
+
+def test_bias_correction_gives_int8_rounded_weights_the_float_models_mean_output():
+    from export.bias_correction import correct, symmetric_int8
+
+    rng = np.random.default_rng(0)
+    model = _biased_model(rng)
+    images = rng.uniform(0, 255, (20, 6, 6, 3)).astype(np.float32)
+    before = [w.copy() for w in model.get_weights()]
+    fixed, record = correct(model, images)
+    assert record["layers"] == 2 and record["images"] == 20
+    assert all(np.array_equal(a, b) for a, b in zip(before, model.get_weights()))  # a copy is corrected
+
+    def deployed(m):
+        """What an int8 converter computes: the BatchNormalization folded into the conv, each kernel rounded
+        with one symmetric scale per output channel (the pool commutes with a 1x1 conv)."""
+        bn = m.get_layer("bn")
+        g, b, mu, var = bn.get_weights()
+        s = g / np.sqrt(var + bn.epsilon)
+        folded = m.get_layer("conv").get_weights()[0][0, 0] * s
+        h = images.mean((1, 2)).astype(np.float64) @ symmetric_int8(folded, (0,)) + (b - mu * s)
+        k, c = m.get_layer("dense").get_weights()
+        return h @ symmetric_int8(k, (0,)) + c
+
+    want = model.predict(images, verbose=0).mean(0)
+    shift = np.abs(deployed(model).mean(0) - want)
+    assert shift.max() > 0.05, shift  # rounding the weights moves the mean output...
+    left = np.abs(deployed(fixed).mean(0) - want)
+    assert left.max() < shift.max() / 100, (left, shift)  # ...and the corrected biases take the move out

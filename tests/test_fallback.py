@@ -52,7 +52,7 @@ def context(model, budget, tmp_path):
     val = colour_images(60, 2)
     probs = model.predict(val.astype(np.float32), verbose=0)
     ctx = types.SimpleNamespace(model=model, calibration=cal, budget=budget, log=print,
-                                ranges="auto",
+                                ranges="auto", bias_correction="off",  # the fallback on its own
                                 class_names=["r", "g", "b"], validation=(val, probs.argmax(1), probs),
                                 config={"image_size": [SIZE, SIZE], "preprocessing": {"input_size": [SIZE, SIZE]}})
     from export.exporter import save_traced

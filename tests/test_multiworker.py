@@ -79,7 +79,8 @@ def test_two_workers_train_one_run_the_chief_alone_writes_it(tmp_path, tiny_data
     # the other worker wrote only to its own scratch folder, and removed it
     scratch = [l.split(": ", 1)[1] for l in log1.splitlines() if "scratch folder" in l][0]
     assert str(run) not in scratch and not os.path.exists(scratch)
-    assert sorted(p.name for p in run.parent.iterdir()) == ["run", "worker0.log", "worker1.log"]
+    # the run, its lock (an OS lock file beside it, kept for the next writer) and the two logs: nothing else
+    assert sorted(p.name for p in run.parent.iterdir()) == [".run.lock", "run", "worker0.log", "worker1.log"]
 
 
 def test_two_workers_resume_after_a_kill_in_phase_one_and_in_phase_two(tmp_path, tiny_data):

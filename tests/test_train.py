@@ -293,3 +293,15 @@ def test_the_saved_model_is_float32_whatever_the_precision(tmp_path, tiny_data, 
     assert all(l.dtype_policy.name == "float32" for l in model.layers)
     out = model(np.zeros((1, 64, 64, 3), np.float32))
     assert out.dtype.name == "float32" and np.isfinite(out.numpy()).all()
+
+
+def test_step_time_prints_one_row_per_precision_and_refuses_an_unknown_one():
+    from conftest import assert_one_line_error, run_cli
+
+    proc = run_cli("-m", "benchmark.step_time", "--backbone", "mobilenet", "--image-size", "32", "--batch", "2",
+                   "--precision", "float32,mixed_bfloat16", "--max-seconds", "1")
+    assert proc.returncode == 0, proc.stderr
+    rows = [l for l in proc.stdout.splitlines() if l.startswith("| ") and not l.startswith("| precision")]
+    assert [r.split(" | ")[0] for r in rows] == ["| float32", "| mixed_bfloat16"]
+    assert rows[0].split(" | ")[2] == "1.00" and "CPU flags:" in proc.stdout
+    assert_one_line_error(run_cli("-m", "benchmark.step_time", "--precision", "float64"), "--precision")

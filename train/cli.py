@@ -65,6 +65,9 @@ def _run_benchmark(o):
     log = progress.logger("benchmark")
     log(f"report: {r.run.benchmark_dir / 'report.md'} (+ report.json, report.csv and plots)")
     print(headline(r.report), flush=True)
+    integer = r.recommendation.get("integer")
+    if integer:
+        log(f"integer file: {integer['variant']}: {integer['why']}" if integer["variant"] else f"integer file: {integer['why']}")
     g = r.report["gate"]
     if r.failures:
         msg = "; ".join(f"{k}: {', '.join(v)}" for k, v in r.failures.items())

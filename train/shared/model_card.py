@@ -117,6 +117,16 @@ def _variants(report, manifest):
                "inconclusive" if not gate.get("failures") else "FAILED for " + ", ".join(gate["failures"]))
     out += ["", f"Parity gate ({gate.get('max_drop')} points of top-1, agreement {gate.get('min_agreement')}, per class "
             f"{gate.get('max_class_drop', '—')} points and {gate.get('class_images', '—')} images): {verdict}.", ""]
+    for r in rows:
+        bc = r.get("bias_correction") or {}
+        if bc.get("tried"):
+            p, c = bc["validation_plain"], bc["validation_corrected"]
+            out += [f"`{r['variant']}`: bias correction {'kept' if bc['kept'] else 'tried and not kept'}, validation "
+                    f"agreement {p['agreement']:.3f} → {c['agreement']:.3f}.", ""]
+    integer = (report.get("recommendation") or {}).get("integer")
+    if integer:
+        out += [f"Integer file for a Pi or a phone: `{integer['variant']}` ({integer['why']})." if integer["variant"]
+                else f"Integer file for a Pi or a phone: none ({integer['why']}).", ""]
     return out
 
 

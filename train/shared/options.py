@@ -92,9 +92,9 @@ TRAIN = (
     O("head", "probe", "phase 1 with pretrained weights: probe fits the head to convergence on cached backbone "
       "features (a logistic regression, C chosen on the validation split); sgd trains it for --epochs-head epochs",
       choices=("probe", "sgd"), group="training"),
-    O("epochs_head", 10, "phase 1 epochs with --head sgd or random weights; 0 skips phase 1", type=int, demo=15,
+    O("epochs_head", 10, "phase 1 epochs with --head sgd or random weights; 0 skips phase 1", type=int, demo=8,
       group="training", make="EPOCHS_HEAD"),
-    O("epochs_finetune", 10, "phase 2 epochs (deeper layers unfrozen); 0 skips phase 2", type=int, demo=3,
+    O("epochs_finetune", 10, "phase 2 epochs (deeper layers unfrozen); 0 skips phase 2", type=int, demo=2,
       group="training", make="EPOCHS_FINETUNE"),
     O("batch_size", 32, "global batch size", type=int, group="training", make="BATCH"),
     O("lr", 1e-3, "phase 1 learning rate", type=float, group="training"),
@@ -114,8 +114,9 @@ TRAIN = (
     O("lr_patience", 2, "epochs without improvement before the learning rate is cut", type=int, demo=4,
       group="training"),
     O("seed", 0, "seed of the split, shuffling and initialisation", type=int, group="training", make="SEED"),
-    O("precision", "auto", "arithmetic of training: auto picks mixed_bfloat16 on a CPU with AMX or AVX-512 BF16, "
-      "mixed_float16 on a GPU with fast float16, float32 otherwise; the saved model is float32 whatever the choice",
+    O("precision", "float32", "arithmetic of training: auto picks mixed_bfloat16 on a CPU with AMX or AVX-512 BF16, "
+      "mixed_float16 on a GPU with fast float16, float32 otherwise; the saved model is float32 whatever the choice "
+      "(not auto by default: on the Leeds MobileNet bfloat16 cost accuracy and saved no time; docs/results.md)",
       choices=("auto", "float32", "mixed_float16", "mixed_bfloat16"), group="hardware", make="PRECISION"),
     O("mixed_precision", False, "the same as --precision mixed_float16 (GPU)", action="store_true", group="hardware",
       make="MIXED_PRECISION"),
@@ -163,6 +164,9 @@ EXPORT = (
       "of the activations from FROM (a share of the ops) on; auto: min/max when it meets the parity budget on the "
       "validation split, else the best there of p99.99 and of p99.9 from 0, 0.25, 0.5 and 0.75 of the ops on",
       metavar="auto|minmax|p99.99|p99.9[@FROM]"),
+    O("bias_correction", "auto", "correct each layer's bias for the mean shift that rounding its weights to int8 "
+      "causes (tflite-int8, onnx-int8); auto: tried when the fully quantized file misses the parity budget on the "
+      "validation split, kept when it brings the file closer to the Keras model there", choices=("auto", "on", "off")),
     *PARITY_OPTIONS,
     O("fallback", True, "quantize every op, even when the variant misses the parity budget", action="store_false",
       flag="--no-fallback", group="accuracy-aware fallback"),
