@@ -37,5 +37,6 @@ def export(run=None, **options):
         manifest, failed = export_run(run, variants=chosen, calibration_images=o["calibration_images"],
                                       qat_epochs=o["qat_epochs"], qat_lr=o["qat_lr"], qat_labels=o["qat_labels"],
                                       smoke_images=o["smoke_images"],
-                                      budget=budget, seed=o["seed"], ranges=o["ranges"])
+                                      budget=budget, seed=o["seed"], ranges=o["ranges"],
+                                      bias_correction=o["bias_correction"])
     return ExportResult(run, manifest, failed)

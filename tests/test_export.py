@@ -263,3 +263,24 @@ def test_bias_correction_gives_int8_rounded_weights_the_float_models_mean_output
     assert shift.max() > 0.05, shift  # rounding the weights moves the mean output...
     left = np.abs(deployed(fixed).mean(0) - want)
     assert left.max() < shift.max() / 100, (left, shift)  # ...and the corrected biases take the move out
+
+
+def test_every_export_option_reaches_the_exporters_context(tiny_run, monkeypatch):
+    """An option the API accepts but never hands on is silently ignored (--bias-correction once was)."""
+    import export
+    from export import exporter
+
+    seen = {}
+
+    def capture(run, variants=None, **ctx_options):
+        ctx = exporter.Context(run, **ctx_options)
+        seen.update(vars(ctx))
+        return {"variants": {}}, []
+
+    monkeypatch.setattr(exporter, "export_run", capture)
+    given = {"bias_correction": "off", "ranges": "minmax", "qat_labels": 0.5, "qat_lr": 3e-5, "qat_epochs": 3,
+             "seed": 4}
+    export.export(tiny_run.path, calibration_images=7, smoke_images=5, max_drop=2.0, min_agreement=0.9, **given)
+    assert {k: seen[k] for k in given} == given
+    assert (seen["calibration_count"], seen["smoke_count"]) == (7, 5)
+    assert (seen["budget"].max_drop, seen["budget"].min_agreement) == (2.0, 0.9)
