@@ -195,6 +195,22 @@ def raw_exchange(port, head, body_part, then="close", wait=None):
         s.close()
 
 
+def at_once(port, body, n):
+    """The statuses of n uploads of body started together (a barrier), one thread each."""
+    statuses, barrier = [], threading.Barrier(n)
+
+    def upload():
+        barrier.wait()
+        statuses.append(request(port, "POST", "/v1/classify", body, "image/jpeg")[0])
+
+    threads = [threading.Thread(target=upload) for _ in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return statuses
+
+
 def faults(port, good, big, timeout):
     """[(fault, expected status, got)] for each bad request the small instance is sent."""
     truncated = good[: len(good) // 2]
@@ -223,17 +239,7 @@ def faults(port, good, big, timeout):
     check("20 clients gone mid-body, then a good request", 200, request(port, "POST", "/v1/classify", good, "image/jpeg")[0])
     check("a client that stalls mid-body", 408, raw_exchange(port, head, good[:1000], then="answer", wait=timeout + 10))
 
-    statuses, barrier = [], threading.Barrier(24)
-
-    def burst():
-        barrier.wait()
-        statuses.append(request(port, "POST", "/v1/classify", big, "image/jpeg")[0])
-
-    threads = [threading.Thread(target=burst) for _ in range(24)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    statuses = at_once(port, big, 24)
     full = sorted(set(statuses))
     out.append({"fault": "24 large uploads at once into 1 worker and a queue of 2", "expected": "200 and 503",
                 "got": {str(s): statuses.count(s) for s in full}, "ok": full == [200, 503]})

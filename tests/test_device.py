@@ -6,7 +6,6 @@ import signal
 import subprocess
 import sys
 import tarfile
-import threading
 import time
 
 import numpy as np
@@ -246,7 +245,7 @@ def big_jpeg():
 
 
 def test_service_answers_like_predict_and_every_bad_request_with_its_status(tiny_export, tmp_path, big_jpeg):
-    from benchmark.serve_check import Service, multipart, request
+    from benchmark.serve_check import Service, at_once, multipart, request
 
     model = tiny_export.export_dir / "model-int8.tflite"
     good = tmp_path / "g.jpg"
@@ -275,17 +274,7 @@ def test_service_answers_like_predict_and_every_bad_request_with_its_status(tiny
         assert request(p, "GET", "/health") == (200, {"status": "ok", "variant": "tflite-int8", "workers": 1,
                                                       "queue": 0, "queue_limit": 1})
         # backpressure: one worker, a queue of one, twelve slow uploads at once
-        statuses, barrier = [], threading.Barrier(12)
-
-        def upload():
-            barrier.wait()
-            statuses.append(request(p, "POST", "/v1/classify", big_jpeg, "image/jpeg")[0])
-
-        threads = [threading.Thread(target=upload) for _ in range(12)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
+        statuses = at_once(p, big_jpeg, 12)
         assert set(statuses) == {200, 503} and statuses.count(200) >= 2, statuses
         status, body = request(p, "POST", "/v1/classify?top_k=2", data, "image/jpeg")  # and it goes on serving
         assert status == 200 and body["top_k"] == expected

@@ -70,11 +70,17 @@ def test_one_classifier_shared_by_many_threads_gives_each_its_own_answer(tiny_ex
     clf = Classifier(tiny_export.export_dir / manifest["variants"][variant]["file"], threads=1)
     # blends of the three class colours, so the answers spread over the probabilities rather than saturate
     a, b, c = (np.asarray(make_image(col, clf.size[0], seed=s), np.float32) for s, col in enumerate(COLOURS[:3]))
-    w = np.random.default_rng(5).dirichlet((0.7, 0.7, 0.7), 24)
-    images = np.clip(w[:, 0, None, None, None] * a + w[:, 1, None, None, None] * b + w[:, 2, None, None, None] * c,
+    w = np.random.default_rng(5).dirichlet((0.7, 0.7, 0.7), 96)
+    blends = np.clip(w[:, 0, None, None, None] * a + w[:, 1, None, None, None] * b + w[:, 2, None, None, None] * c,
                      0, 255).astype(np.uint8)
+    # 24 blends that each get an answer of their own (an int8 file's outputs come in steps, so many blends
+    # share one): a mix-up between any two of them would show
+    answers = {}
+    for x in blends:
+        answers.setdefault(clf.probabilities(x[None]).tobytes(), x)
+    images = np.stack(list(answers.values())[:24])
     alone = [clf.probabilities(images[i : i + 1]) for i in range(len(images))]
-    assert len({a.tobytes() for a in alone}) >= 8  # the images give different answers, so a mix-up would show
+    assert len({a.tobytes() for a in alone}) == len(images) >= 8
     wrong, barrier = [], threading.Barrier(8)
 
     def worker(seed):

@@ -165,7 +165,9 @@ def test_the_benchmark_report_records_what_it_measured(tiny_export, tmp_path):
     run = copy_run(tiny_export, tmp_path / "measured")
     proc = run_cli(*EDGECLF, "benchmark", "--run", str(run.path), "--variants", "tflite-int8,onnx-fp32",
                    "--accept-inconclusive", "--max-seconds", "1")
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    # the record is written whatever the verdict: the tiny model's int8 file may flip one of its ~25 test images
+    assert proc.returncode == 0 or (proc.returncode == 1 and "parity gate failed for tflite-int8" in proc.stderr), \
+        proc.stderr[-2000:]
     report = json.loads((run.benchmark_dir / "report.json").read_text())
     rows = [r for r in report["rows"] if r["status"] == "ok"]
     assert [r["variant"] for r in rows] == ["keras", "tflite-int8", "onnx-fp32"]
