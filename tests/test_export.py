@@ -191,6 +191,13 @@ def test_a_uint8_input_cast_changes_no_output(tiny_export, tmp_path):
     cls = Classifier(cast, settings={}, labels=["blue", "green", "red"], verify=False)
     assert cls.input.dtype == "uint8"
     assert np.array_equal(a, cls.probabilities(pixels))
+    # the twin benchmark/cast_cost.py times it against: the Cast taken out again, float32 in, the same outputs
+    from benchmark.cast_cost import without_cast
+
+    twin = tmp_path / "twin.onnx"
+    onnx.save(without_cast(onnx.load(str(cast))), str(twin))
+    back = Classifier(twin, settings={}, labels=["blue", "green", "red"], verify=False)
+    assert back.input.dtype == "float32" and np.array_equal(a, back.probabilities(pixels))
 
 
 def test_the_model_built_from_the_runs_config_answers_as_the_saved_file(tiny_run):
