@@ -4,11 +4,13 @@ in), timed call by call interleaved at 1 thread on the same image, with the benc
     python -m benchmark.cast_cost runs/<name>/export/model-int8.onnx [--max-seconds 60]
 """
 import argparse
+import sys
 import tempfile
 from pathlib import Path
 
 import numpy as np
 
+from edge_runtime.errors import InputError, exit_code
 from edge_runtime.machine import cpu_flags
 from edge_runtime.timing import latency
 
@@ -19,7 +21,10 @@ def without_cast(model):
 
     g = model.graph
     (inp,) = g.input
-    (cast,) = [n for n in g.node if n.op_type == "Cast" and list(n.input) == [inp.name]]
+    casts = [n for n in g.node if n.op_type == "Cast" and list(n.input) == [inp.name]]
+    if len(casts) != 1:
+        raise InputError(f"input {inp.name!r} does not go through one Cast: not an onnx-int8 file with uint8 pixels in")
+    (cast,) = casts
     for node in g.node:
         for k, name in enumerate(node.input):
             if name == cast.output[0]:
@@ -30,18 +35,28 @@ def without_cast(model):
 
 
 def main(argv=None):
-    import onnx
-    import onnxruntime as ort
-
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("model", type=Path, help="an onnx-int8 file (uint8 input through a Cast)")
     p.add_argument("--max-seconds", type=float, default=60.0)
     a = p.parse_args(argv)
+    return exit_code(_measure, a)
+
+
+def _measure(a):
+    import onnx
+    import onnxruntime as ort
+
+    if not a.model.is_file():
+        raise InputError(f"{a.model}: no such model file")
+    try:
+        model = onnx.load(str(a.model))
+    except Exception as e:  # noqa: BLE001  a truncated or foreign file
+        raise InputError(f"{a.model}: not a readable ONNX model ({type(e).__name__})") from None
     opts = ort.SessionOptions()
     opts.intra_op_num_threads, opts.inter_op_num_threads = 1, 1
     with tempfile.TemporaryDirectory() as tmp:
         twin = Path(tmp) / "no-cast.onnx"
-        onnx.save(without_cast(onnx.load(str(a.model))), str(twin))
+        onnx.save(without_cast(model), str(twin))
         cast_s, twin_s = (ort.InferenceSession(str(f), opts, providers=["CPUExecutionProvider"]) for f in (a.model, twin))
         shape = [d if isinstance(d, int) else 1 for d in cast_s.get_inputs()[0].shape]
         pixels = np.random.default_rng(0).integers(0, 256, shape, dtype=np.uint8)
@@ -59,4 +74,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

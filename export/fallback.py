@@ -57,6 +57,11 @@ class Budget:
         return (parity_misses(m["top1_change_points"], m["agreement"], self.max_drop, self.min_agreement)
                 + class_misses(m.get("classes_lost") or {}, self.max_class_drop, self.class_images))
 
+    def closeness(self, m):
+        """Orders validation metrics, closer to the Keras model last: meeting the budget, then a smaller
+        mean probability change. What every choice between two files of one variant compares."""
+        return (not self.misses(m), -m["mean_abs_prob_diff"])
+
 
 def val_metrics(probs, ref, labels):
     pred, ref_pred = probs.argmax(1), ref.argmax(1)
@@ -186,7 +191,7 @@ class Search:
             return best
         ops, path, after, record["single_ops"] = _single_ops(self.build, self.candidates, self.validation, before, full,
                                                              self.cap, self.misses, self.log)
-        if (not self.misses(after), -after["mean_abs_prob_diff"]) > (not self.misses(best[2]), -best[2]["mean_abs_prob_diff"]):
+        if self.budget.closeness(after) > self.budget.closeness(best[2]):
             return ops, path, after, "single ops"
         return best
 

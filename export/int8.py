@@ -69,7 +69,7 @@ def bias_correction(fmt, ctx, work, f, method, full):
     corrected = g.write(method, g.work / f"full{g.suffix}")
     g.use(method)
     after = measure(corrected, ctx.validation)
-    keep = (not ctx.budget.misses(after), -after["mean_abs_prob_diff"]) > (not missed, -before["mean_abs_prob_diff"])
+    keep = ctx.budget.closeness(after) > ctx.budget.closeness(before)
     ctx.log(f"  bias-corrected: Δtop-1 {after['top1_change_points']:+.1f} pts, agreement {after['agreement']:.3f}, "
             f"mean |Δp| {before['mean_abs_prob_diff']:.4f} -> {after['mean_abs_prob_diff']:.4f}: "
             + ("kept" if keep else "not kept"))
