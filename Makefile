@@ -1,5 +1,6 @@
 # make train export benchmark   -- the whole pipeline (demo dataset unless DATA is given)
-# make test                     -- the test suite, slow tests on the Leeds butterflies included
+# make test                     -- the checks (make lint), then the test suite, slow tests on the Leeds butterflies included
+# make lint                     -- ruff, the import contracts (the floors of docs/architecture.md), the type check of edge_runtime
 # make bundle                   -- dist/<run>.tar.gz for a device: the gate-passing candidates, checked there
 # make pi-check                 -- that bundle's selfcheck, select and serve on an emulated Raspberry Pi
 # make serve-check              -- the device service under load and faults on 127.0.0.1
@@ -69,7 +70,7 @@ EXPORT_OPTS = $(call opt,--run,$(RUN)) $(call opt,--variants,$(VARIANTS)) $(call
   $(call opt,--qat-epochs,$(QAT_EPOCHS)) $(PARITY_OPTS) $(EXPORT_ARGS)
 BENCH_OPTS = $(call opt,--run,$(RUN)) $(call opt,--variants,$(VARIANTS)) $(PARITY_OPTS) $(BENCH_ARGS)
 
-.PHONY: setup train export benchmark test test-fast bundle pi-check serve-check scale-check preview-augment clean
+.PHONY: setup train export benchmark lint test test-fast bundle pi-check serve-check scale-check preview-augment clean
 
 # GPU=1 adds TensorFlow's CUDA wheels, also to an environment that already exists (its own stamp).
 GPU_STAMP := $(VENV)/.installed-gpu
@@ -119,10 +120,17 @@ serve-check: $(ENV)
 bundle: $(ENV)
 	$(EDGECLF) bundle $(call opt,--run,$(RUN)) $(call opt,--variant,$(VARIANT)) $(call opt,--variants,$(CANDIDATES))
 
-test: $(ENV)
+# Zero findings or the target fails: ruff (pyproject.toml [tool.ruff]), the import contracts ([tool.importlinter]),
+# and mypy over edge_runtime, what ships to devices ([tool.mypy]).
+lint: $(ENV)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/lint-imports --no-cache
+	$(VENV)/bin/mypy
+
+test: lint
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-test-fast: $(ENV)
+test-fast: lint
 	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
 
 clean:

@@ -1,7 +1,8 @@
 """python -m benchmark [options]: the same as `edgeclf benchmark`."""
 import sys
 
-from train.cli import main
+from benchmark.command import run_command
+from runlib.command import main
 
 if __name__ == "__main__":
-    sys.exit(main(["benchmark", *sys.argv[1:]]))
+    sys.exit(main("benchmark", run_command))

@@ -15,14 +15,14 @@ from edge_runtime.backends import describe_settings
 from edge_runtime.errors import InputError
 from edge_runtime.files import plain_name, sha256_file
 from edge_runtime.preprocess import load_batch
-from export.variants import select
-from train.shared.metrics import (CLASS_PARITY, PARITY, agreement, class_misses, class_parity, classification_metrics,
+from export.variants import from_names
+from runlib.metrics import (CLASS_PARITY, PARITY, agreement, class_misses, class_parity, classification_metrics,
                                   mcnemar_p, paired_delta_interval,
                            parity_misses, wilson_interval)
 
 from edge_runtime.timing import DEFAULTS as TIMING_DEFAULTS
-from train.shared.progress import heartbeat, logger
-from train.shared.scratch import prefix as scratch_prefix
+from runlib.progress import heartbeat, logger
+from runlib.scratch import prefix as scratch_prefix
 
 REFERENCE = "keras"
 
@@ -104,7 +104,7 @@ def mobile_pixels(paths, size):
 
 
 @dataclass
-class Target:
+class ModelUnderTest:
     """One model the benchmark measures."""
     name: str
     format: str
@@ -113,6 +113,7 @@ class Target:
     kind: str  # "keras" (TensorFlow) or "edge" (through edge_runtime)
     agree_ref: str = None  # the model its agreement is gated against (None for the reference itself)
     entry: dict = field(default_factory=dict)  # its manifest entry
+    quantization_aware: bool = False  # a Keras file holding tfmot's fake-quant layers (a QAT variant's float source)
 
     @property
     def timed(self):  # the QAT source is an accuracy reference, never deployed: not timed
@@ -120,12 +121,12 @@ class Target:
 
 
 def targets(run, variant_names=None):
-    """([Target]: the Keras reference, then each exported variant in table order, a QAT variant preceded by
+    """([ModelUnderTest]: the Keras reference, then each exported variant in table order, a QAT variant preceded by
     its float source, the reference its agreement is gated against), {asked-for variant: why not exported}."""
     exported = run.manifest().get("variants", {})
-    out = [Target(REFERENCE, "keras", "float32", run.model, "keras")]
+    out = [ModelUnderTest(REFERENCE, "keras", "float32", run.model, "keras")]
     unavailable = {}
-    for v in select(variant_names):
+    for v in from_names(variant_names):
         entry = exported.get(v.name)
         if entry and entry.get("status") == "ok":
             plain_name(entry.get("file"), f"{run.export_manifest}, {v.name}")
@@ -143,9 +144,10 @@ def targets(run, variant_names=None):
             if entry.get("reference_model_sha256") and sha256_file(source) != entry["reference_model_sha256"]:
                 unavailable[v.name] = f"its float source {source.name} changed since export"
                 continue
-            out.append(Target(QAT_SOURCE, "keras", "float32, fake-quant (QAT source)", source, "keras"))
+            out.append(ModelUnderTest(QAT_SOURCE, "keras", "float32, fake-quant (QAT source)", source, "keras",
+                                      quantization_aware=True))
             agree_ref = entry.get("gate_reference", QAT_SOURCE)  # exports before distillation: their own source
-        out.append(Target(v.name, v.format, v.precision, run.export_dir / entry["file"], "edge", agree_ref, entry))
+        out.append(ModelUnderTest(v.name, v.format, v.precision, run.export_dir / entry["file"], "edge", agree_ref, entry))
     if len(out) == 1:
         raise InputError(f"{run.path} has no exported variant to benchmark"
                          + (f" among {variant_names}" if variant_names else "") + f"; run `make export RUN={run.path}`")
@@ -175,20 +177,21 @@ def fallback_summary(fb):
     return {k: fb.get(k) for k in FALLBACK_KEYS}
 
 
-def measure_all(run, variant_names=None, batch=16, timing=None, threads=None, tune=True, robustness=32):
-    """Evaluate and time every target; returns (rows, context) for the report and gate.
+def measure_all(run, config):
+    """Evaluate and time every model under test; returns (rows, context) for the report and gate.
 
-    tune: first try each exported variant's runtime settings on this machine (on validation images)
-    and measure it with the fastest that keeps its predictions. robustness: how many test images are also
-    corrupted (benchmark/corruptions.py) to compare the models on; 0 for none."""
-    from train.shared.progress import Progress
+    config: the BenchmarkConfig (runlib/options.py). With config.tune, each exported variant's runtime settings
+    are first tried on this machine (on validation images) and it is measured with the fastest that keeps its
+    predictions; with config.robustness, config.robustness_images test images are also corrupted
+    (benchmark/corruptions.py) to compare the models on."""
+    from runlib.progress import Progress
 
+    variant_names, batch = config.variants, config.batch
     chosen, unavailable = targets(run, variant_names)
     for name, why in unavailable.items():
         log(f"{name}: no export to measure ({why}); it fails the gate")
     with tempfile.TemporaryDirectory(prefix=scratch_prefix("benchmark")) as work:
-        bench = Bench(run, Path(work), batch, dict(TIMING_DEFAULTS, **(timing or {})), threads or all_cores(), tune,
-                      robustness)
+        bench = Measurer(run, Path(work), config)
         log(f"run {run.path}: {len(bench.paths)} test images, {len(bench.classes)} classes, {len(chosen)} models, "
             f"threads 1 and {bench.cores}")
         progress = Progress("benchmark", len(chosen), "models")
@@ -198,7 +201,7 @@ def measure_all(run, variant_names=None, batch=16, timing=None, threads=None, tu
             rows.append(bench.measure(t))
             progress.update(i, t.name)
     for name, why in unavailable.items():  # asked for but not there: it fails the gate, it is not skipped
-        v = next(v for v in select(variant_names) if v.name == name)
+        v = next(v for v in from_names(variant_names) if v.name == name)
         rows.append({"variant": name, "format": v.format, "precision": v.precision, "status": "missing", "error": why})
     rows = report_order(rows, [t.name for t in chosen], variant_names)
     ref = next((r for r in rows if r["variant"] == REFERENCE and r["status"] == "ok"), None)
@@ -218,7 +221,7 @@ def report_order(rows, measured, variant_names):
     """The measured rows as targets() gave them (a reference before its variant), with the missing
     variants at their place in the variant table."""
     order, pending = [], list(measured)
-    for v in select(variant_names):
+    for v in from_names(variant_names):
         if v.name in pending:
             k = pending.index(v.name) + 1
             order, pending = order + pending[:k], pending[k:]
@@ -228,11 +231,13 @@ def report_order(rows, measured, variant_names):
     return sorted(rows, key=lambda r: order.index(r["variant"]) if r["variant"] in order else len(order))
 
 
-class Bench:
-    """The test split's pixels, written once for every worker, and each target's measurement."""
+class Measurer:
+    """The test split's pixels, written once for every worker, and each model's measurement."""
 
-    def __init__(self, run, work, batch, timing, cores, tune, robustness=0):
-        self.work, self.batch, self.timing, self.cores = work, batch, timing, cores
+    def __init__(self, run, work, config):
+        self.work, self.batch, self.cores = work, config.batch, config.threads or all_cores()
+        self.timing = {k: getattr(config, k, default) for k, default in TIMING_DEFAULTS.items()}
+        tune, robustness = config.tune, config.robustness_images if config.robustness else 0
         self.paths, self.y, self.pixels = test_set(run)
         self.classes = run.class_names()
         np.save(work / "pixels.npy", self.pixels)  # the very same uint8 images reach every model
@@ -254,6 +259,7 @@ class Bench:
 
     def job(self, t, **kw):
         return {"name": t.name, "kind": t.kind, "model": str(t.path), "pixels": str(self.work / "pixels.npy"),
+                "quantization_aware": t.quantization_aware,
                 "paths": [str(p) for p in self.paths], "batch": self.batch, "timing": self.timing, **kw}
 
     def settings(self, t, row):
@@ -432,7 +438,10 @@ def recommend(rows, failures):
 
 
 def _is_integer(r):
-    return r["precision"].startswith("int8")
+    """An int8-weights file (the variant table's int8_weights): a candidate for the integer pick."""
+    from export.variants import get
+
+    return bool(get(r["variant"])) and get(r["variant"]).int8_weights
 
 
 def integer_pick(rows, passing):

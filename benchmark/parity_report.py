@@ -81,7 +81,7 @@ def gallery_name(variant):
 
 
 def plot_class_parity(rows, classes, path):
-    from train.shared.plots import plt, save
+    from runlib.plots import plt, save
 
     rows = [r for r in _deployable(rows)]
     if not rows:
@@ -104,7 +104,7 @@ def plot_class_parity(rows, classes, path):
 
 
 def plot_flips(row, pixels, path, shown=FLIPS_SHOWN):
-    from train.shared.plots import plt, save
+    from runlib.plots import plt, save
 
     flips = row["flips"][:shown]
     cols = min(6, len(flips))
@@ -124,7 +124,7 @@ def plot_flips(row, pixels, path, shown=FLIPS_SHOWN):
 
 
 def plot_robustness(rows, ctx, path):
-    from train.shared.plots import plt, save
+    from runlib.plots import plt, save
 
     rc = ctx.get("robustness")
     rows = [r for r in rows if r["status"] == "ok" and r.get("robustness") and r["variant"] != "keras"]

@@ -1,13 +1,12 @@
 """report.md / report.json / report.csv and PNG plots in runs/<name>/benchmark/. All written atomically."""
 import csv
 import io
-import os
-import platform
 from datetime import datetime, timezone
+from pathlib import Path
 
 
 from edge_runtime.files import write_json, write_text
-from edge_runtime.machine import cpu_flags
+from edge_runtime.machine import describe
 
 from .evaluate import REFERENCE, recommend
 from .parity_report import class_section, flips_section, robustness_section, write_plots
@@ -47,26 +46,11 @@ def int8_ceiling(flags):
     return 1.0, "no integer dot-product instructions known: little or no gain over float32"
 
 
-def machine():
-    cpu = platform.processor() or ""
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next((l.split(":", 1)[1].strip() for l in f if l.startswith("model name")), cpu)
-    except OSError:
-        pass
-    try:
-        mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    except (ValueError, OSError, AttributeError):
-        mem = None
-    return {"cpu": cpu, "machine": platform.machine(), "cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
-            else os.cpu_count(), "memory_gib": round(mem, 1) if mem else None, "os": platform.platform(),
-            "python": platform.python_version(), "cpu_flags": cpu_flags()}
-
-
 def _cell(row, key, fmt):
     v = row.get(key)
     if v is None:
-        return "—" if row.get("status", "ok") == "ok" else ({"size_mb": "FAILED", "format": row.get("format", "")}.get(key, ""))
+        return "—" if row.get("status", "ok") == "ok" else (
+            {"size_mb": "FAILED", "format": row.get("format", "")}.get(key, ""))
     return fmt.format(v)
 
 
@@ -104,9 +88,24 @@ def integer_lines(report):
 
 
 def markdown(report):
+    """report.md: the method and the gate, which file to deploy, then the details and the machine."""
     rows, ctx, m = report["rows"], report["context"], report["machine"]
-    gate = report["gate"]
-    out = [f"# Benchmark: {report['run']}", "",
+    out = _introduction(report)
+    out += _deploy_section(report)
+    out += fallback_section(rows)
+    out += ceiling_section(rows, m.get("cpu_flags", []))
+    out += class_section(rows) + flips_section(rows) + robustness_section(rows, ctx)
+    if ctx["unavailable"]:
+        out += ["Not benchmarked (no good export): " + ", ".join(f"{k} ({v})" for k, v in ctx["unavailable"].items()), ""]
+    errors = [r for r in rows if r["status"] != "ok"]
+    if errors:
+        out += ["Failed to measure: " + "; ".join(f"{r['variant']}: {r['error']}" for r in errors), ""]
+    return "\n".join(out + _detail_section(report))
+
+
+def _introduction(report):
+    ctx, gate = report["context"], report["gate"]
+    return [f"# Benchmark: {report['run']}", "",
            f"{ctx['test_images']} held-out test images of the run's split, {len(ctx['classes'])} classes; the same "
            f"uint8 pixels reach every model. Exported models run through `edge_runtime`, the code that ships. "
            f"Latency is per image at batch 1 after {ctx['timing']['warmup']} warm-up calls, through the runtime "
@@ -123,25 +122,24 @@ def markdown(report):
            f"**Gate** (top-1 drop ≤ {gate['max_drop']:g} points against Keras and agreement ≥ {gate['min_agreement']:g} "
            f"against the source model; a missing or unmeasurable variant fails): " + verdict_text(gate)
            + (" (reported only: --no-gate)" if not gate["enforced"] else ""), ""]
+
+
+def _deploy_section(report):
     rec = report.get("recommendation") or {}
-    out += ["## Which file to deploy on this machine", ""]
+    out = ["## Which file to deploy on this machine", ""]
     if rec:
         out += [f"- **{label}** passing the gate: `{rec[goal]['variant']}`: {rec[goal]['why']}"
                 for goal, label in (("fastest", "Fastest"), ("smallest", "Smallest"), ("most_accurate", "Most accurate"))]
         out += ["", f"`make bundle RUN={report['run']}` packs the fastest; pass `VARIANT=` for another.", ""]
     else:
         out += ["No exported variant passes the gate, so none is recommended.", ""]
-    out += integer_lines(report)
-    out += fallback_section(rows)
-    out += ceiling_section(rows, m.get("cpu_flags", []))
-    out += class_section(rows) + flips_section(rows) + robustness_section(rows, ctx)
-    if ctx["unavailable"]:
-        out += ["Not benchmarked (no good export): " + ", ".join(f"{k} ({v})" for k, v in ctx["unavailable"].items()), ""]
-    errors = [r for r in rows if r["status"] != "ok"]
-    if errors:
-        out += ["Failed to measure: " + "; ".join(f"{r['variant']}: {r['error']}" for r in errors), ""]
+    return out + integer_lines(report)
+
+
+def _detail_section(report):
+    rows, ctx, m = report["rows"], report["context"], report["machine"]
     ok = [r for r in rows if r["status"] == "ok"]
-    out += ["## Latency, memory and accuracy detail", "",
+    out = ["## Latency, memory and accuracy detail", "",
             "Bare: the interpreter alone on an already-quantized input. Runtime overhead: the runtime's p50 against "
             "bare. End-to-end: `Classifier.predict` from the image file (decode, resize, infer, top-k). "
             f"Throughput at batch {ctx['batch']}. Peak memory: the worker process's maximum resident set. "
@@ -158,7 +156,7 @@ def markdown(report):
             f"Command: `{report['command']}` ({report['created_at']})", "",
             "![accuracy against latency](accuracy_vs_latency.png)", "",
             "![confusion matrices](confusion_float_vs_int8.png)", ""]
-    return "\n".join(out)
+    return out
 
 
 def fallback_section(rows):
@@ -209,18 +207,19 @@ def bias_correction_line(row):
 
 def ceiling_section(rows, flags):
     """Each int8 variant's speed-up over float32 TFLite at 1 thread, beside what this CPU can at best give."""
-    from export.variants import BY_NAME
+    from export.variants import get
 
     ok = {r["variant"]: r for r in rows if r["status"] == "ok" and r.get("p50_ms_1thread")}
     base = ok.get("tflite-fp32")
-    int8 = [r for n, r in ok.items() if n in BY_NAME and BY_NAME[n].calibrated]
+    int8 = [r for n, r in ok.items() if get(n) and get(n).calibrated]
     if not base or not int8:
         return []
     best, why = int8_ceiling(flags)
     out = ["## Integer speed-up against this CPU's ceiling", "",
            f"CPU flags: {' '.join(flags) or 'unknown'}. Ceiling: {why}. Speed-up is tflite-fp32's p50 over the "
            f"variant's, batch 1, 1 thread. Above 100%: float32 ran below this CPU's float peak (memory-bound "
-           f"layers, for one), so int8 gained more than arithmetic alone explains.", "", "| variant | p50 ms, 1 thread | speed-up vs tflite-fp32 | share of the ceiling |",
+           f"layers, for one), so int8 gained more than arithmetic alone explains.", "",
+           "| variant | p50 ms, 1 thread | speed-up vs tflite-fp32 | share of the ceiling |",
            "|---|---|---|---|"]
     for r in int8:
         x = base["p50_ms_1thread"] / r["p50_ms_1thread"]
@@ -230,7 +229,7 @@ def ceiling_section(rows, flags):
 
 def per_class_sections(ok, classes):
     """Per-class recall for every class; with many classes, the worst ones and the most confused pairs."""
-    from train.shared.metrics import MATRIX_LIMIT, worst_recall
+    from runlib.metrics import MATRIX_LIMIT, worst_recall
 
     head = ["| class | " + " | ".join(r["variant"] for r in ok) + " |", "|---|" + "---|" * len(ok)]
     if len(classes) <= MATRIX_LIMIT or not ok:
@@ -247,7 +246,8 @@ def per_class_sections(ok, classes):
 
 
 def csv_text(rows):
-    keys = [k for k, _, _ in COLUMNS] + [k for k, _, _ in DETAIL if k != "variant"] + ["mcnemar_p", "prob_mean_abs_diff", "status", "error"]
+    keys = [k for k, _, _ in COLUMNS] + [k for k, _, _ in DETAIL if k != "variant"] + [
+        "mcnemar_p", "prob_mean_abs_diff", "status", "error"]
     buf = io.StringIO()
     w = csv.writer(buf)
     w.writerow(keys)
@@ -258,7 +258,7 @@ def csv_text(rows):
 
 
 def plot_accuracy_vs_latency(rows, path, max_drop):
-    from train.shared.plots import plt, save
+    from runlib.plots import plt, save
 
     ok = [r for r in rows if r["status"] == "ok" and r.get("p50_ms")]  # timed rows only
     fig, ax = plt.subplots(figsize=(8, 5.5))
@@ -318,23 +318,31 @@ def _place_labels(fig, ax, rows):
 
 def plot_confusions(rows, classes, path):
     """The Keras float model beside the full-int8 models (or whatever else was measured)."""
-    from train.shared.plots import confusion_matrices
+    from runlib.plots import confusion_matrices
 
     ok = {r["variant"]: r for r in rows if r["status"] == "ok"}
-    from export.variants import VARIANTS
+    from export.variants import from_names
 
-    int8 = [v.name for v in VARIANTS if v.calibrated and v.name in ok]  # the integer-activation variants
+    int8 = [v.name for v in from_names(None) if v.calibrated and v.name in ok]  # the integer-activation variants
     names = [REFERENCE] + (int8 or [n for n in ok if n != REFERENCE][:1])
     panels = [(f"{n} (top-1 {ok[n]['top1']:.3f})", ok[n]["confusion_matrix"]) for n in names if n in ok]
     confusion_matrices(panels, classes, path)
 
 
-def write(run, rows, context, gate, versions, command, pixels=None):
-    """report.json, .csv, .md and the PNGs; pixels: the test images, for the flip galleries."""
+def write(run, rows, context, gate, pixels=None):
+    """report.json, .csv, .md and the PNGs; pixels: the test images, for the flip galleries. The report
+    names the command and the package versions that wrote it."""
+    import shlex
+    import sys
+
+    from runlib.versions import package_versions
+
+    versions = package_versions(("tensorflow", "tf-keras", "ai-edge-litert", "onnxruntime", "numpy", "Pillow"))
+    command = " ".join(shlex.quote(a) for a in [Path(sys.argv[0]).name, *sys.argv[1:]])  # the process that wrote it
     out = run.benchmark_dir
     out.mkdir(parents=True, exist_ok=True)
     report = {"run": str(run.path), "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-              "command": command, "machine": machine(), "versions": versions, "context": context, "gate": gate,
+              "command": command, "machine": describe(), "versions": versions, "context": context, "gate": gate,
               "recommendation": recommend(rows, gate["failures"]), "rows": rows}
     write_json(out / "report.json", report)
     write_text(out / "report.csv", csv_text(rows))

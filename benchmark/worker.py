@@ -43,20 +43,20 @@ class EdgeModel:
 class KerasModel:
     """The run's full float32 Keras model on TensorFlow: the reference."""
 
-    def __init__(self, path, threads, settings=None):
-        from train.shared.tf_setup import import_tensorflow
+    def __init__(self, path, threads, settings=None, quantization_aware=False):
+        from runlib.tf_setup import import_tensorflow
 
         tf = import_tensorflow()
         tf.config.threading.set_intra_op_parallelism_threads(threads)
         tf.config.threading.set_inter_op_parallelism_threads(1 if threads == 1 else 0)
         from train.model import load_keras, load_run_model
-        from train.shared.run_folder import Run
+        from runlib.run_folder import Run
 
         run = Run(Path(path).parent)
         if Path(path) == run.model and run.config_file.is_file():
             self.model = load_run_model(run)  # the run's own model: built from its config, then its weights
         else:  # the QAT float source holds tfmot's fake-quant layers
-            self.model = load_keras(path, quantization_aware="qat" in Path(path).name)
+            self.model = load_keras(path, quantization_aware=quantization_aware)
         self.size = tuple(int(d) for d in self.model.input_shape[1:3])
         self._fn = tf.function(lambda x: self.model(x, training=False), reduce_retracing=True)
 
@@ -122,7 +122,10 @@ def measure(job):
     pixels = np.load(job["pixels"])
     n, threads, timing = len(pixels), job["threads"], job["timing"]
     t0 = time.perf_counter()
-    model = (KerasModel if job["kind"] == "keras" else EdgeModel)(job["model"], threads, job.get("settings"))
+    if job["kind"] == "keras":
+        model = KerasModel(job["model"], threads, job.get("settings"), job.get("quantization_aware", False))
+    else:
+        model = EdgeModel(job["model"], threads, job.get("settings"))
     result = {"threads": threads, "load_seconds": time.perf_counter() - t0}
     if job.get("mobile_pixels"):  # the skew of a mobile app's resize: the same images, resized without antialiasing
         save_probabilities(model, np.load(job["mobile_pixels"]), job["batch"], job["mobile_probs_out"])

@@ -25,7 +25,7 @@ class TensorSpec:
         return self.scale != 0.0
 
     def as_dict(self):
-        d = {"name": self.name, "shape": self.shape, "dtype": self.dtype}
+        d: dict[str, object] = {"name": self.name, "shape": self.shape, "dtype": self.dtype}
         if self.quantized:
             d["quantization"] = {"scale": self.scale, "zero_point": self.zero_point}
         return d
@@ -53,7 +53,7 @@ def _tflite_interpreter_class():
 # Runtime options that change speed, never the model: each backend takes its own as keyword
 # arguments. The benchmark tries each choice on its machine and records the fastest whose
 # predictions equal the library defaults' (the first choice of each option).
-SETTINGS = {
+SETTINGS: dict[str, dict[str, tuple]] = {
     # XNNPACK (TFLite's default delegate) and the built-in kernels pick different int8 and float kernels
     "tflite": {"xnnpack": (True, False)},
     # how much ONNX Runtime rewrites the graph (QDQ fusion into integer kernels happens at 'extended' and up)
@@ -132,8 +132,9 @@ class OnnxBackend:
         opts.log_severity_level = 3
         try:
             self.sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-        except Exception as e:  # onnxruntime raises its own exception types for corrupt files
-            raise InputError(f"{path}: not a valid ONNX model, truncated or corrupt ({str(e).splitlines()[0][:200]})") from None
+        except Exception as e:  # noqa: BLE001  onnxruntime raises its own exception types for corrupt files
+            raise InputError(f"{path}: not a valid ONNX model, "
+                             f"truncated or corrupt ({str(e).splitlines()[0][:200]})") from None
         (i,), (o,) = self.sess.get_inputs(), self.sess.get_outputs()
         self.input = TensorSpec(i.name, [d if isinstance(d, int) else -1 for d in i.shape], _onnx_dtype(i.type))
         self.output = TensorSpec(o.name, [d if isinstance(d, int) else -1 for d in o.shape], _onnx_dtype(o.type))
@@ -148,7 +149,7 @@ def _onnx_dtype(type_str):
             "tensor(float16)": "float16"}.get(type_str, type_str)
 
 
-BACKENDS = {".tflite": TFLiteBackend, ".onnx": OnnxBackend}
+BACKENDS: dict[str, type[TFLiteBackend] | type[OnnxBackend]] = {".tflite": TFLiteBackend, ".onnx": OnnxBackend}
 
 
 def open_backend(path, threads=None, settings=None):

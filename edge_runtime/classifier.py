@@ -62,6 +62,8 @@ class Classifier:
             if actual != self.entry["sha256"]:
                 raise InputError(f"{self.path}: checksum mismatch with {MANIFEST} "
                                  f"(expected {self.entry['sha256'][:12]}..., got {actual[:12]}...): file changed or corrupt")
+        self.settings: dict
+        self.settings_source: str
         self.settings, self.settings_source = tuned_settings(self.variant, manifest) if settings is None else (
             dict(settings), "given")
         self.backend = open_backend(self.path, threads, self.settings)
@@ -99,7 +101,8 @@ class Classifier:
             labels, source = [l.strip() for l in p.read_text(encoding="utf-8").splitlines() if l.strip()], str(p)
         labels = list(labels)
         if len(labels) != self.num_classes:
-            raise InputError(f"labels from {source} list {len(labels)} classes but {self.path.name} outputs {self.num_classes}")
+            raise InputError(f"labels from {source} list {len(labels)} classes "
+                             f"but {self.path.name} outputs {self.num_classes}")
         return labels
 
     # ---- the numeric core: pixels in, probabilities out
@@ -174,7 +177,7 @@ class Classifier:
         """Yield (image, top-k, None) or (image, None, error message) for each image, in order, reading
         `batch` images at a time: a bad image is reported on its own and the rest go on."""
         _check_top_k(top_k)
-        pending = []
+        pending: list = []
 
         def flush():
             good = [(img, px) for img, px in pending if not isinstance(px, str)]

@@ -69,15 +69,14 @@ def parser(prog="python -m edge_runtime"):
     return p
 
 
-def add_commands(sub):
-    """The device's commands, added to an argparse subparsers object (this CLI's, or edgeclf's)."""
-    from .serve import Limits
-    from .timing import DEFAULTS
-    from .watch import OUTPUT
-
+def _selfcheck_arguments(sub):
     s = _sub(sub, "selfcheck", "run each shipped file on the reference images and compare with the build machine")
     s.add_argument("--bundle", default=".", help="the unpacked bundle (default: the current folder)")
     s.add_argument("--json", metavar="FILE", help="also write the full result as JSON")
+
+
+def _select_arguments(sub):
+    from .timing import DEFAULTS
 
     s = _sub(sub, "select", "time each candidate on this machine and keep the fastest")
     s.add_argument("--bundle", default=".", help="the unpacked bundle (default: the current folder)")
@@ -88,12 +87,18 @@ def add_commands(sub):
     s.add_argument("--ci", type=float, default=DEFAULTS["ci"],
                    help="stop once each p50's 95%% interval is within this fraction of it (default %(default)s)")
 
+
+def _predict_arguments(sub):
     s = _sub(sub, "predict", "classify images: files, folders (walked) and globs, one line per image as it goes")
     _model_options(s)
     s.add_argument("images", nargs="+", metavar="IMAGE", help="image files, folders or quoted globs")
     s.add_argument("--top-k", type=int, default=5)
     s.add_argument("--json", action="store_true", help="one JSON object per line instead of text")
     s.add_argument("--batch", type=int, default=16, help="images decoded and run at a time (default 16)")
+
+
+def _serve_arguments(sub):
+    from .serve import Limits
 
     s = _sub(sub, "serve", "serve the classifier over HTTP (binds 127.0.0.1 unless told otherwise)")
     _model_options(s, threads=False)
@@ -103,11 +108,17 @@ def add_commands(sub):
     s.add_argument("--workers", type=int, default=d.workers, help="inference threads, each with its own "
                                                                  "interpreter (default: the cores, %(default)s here)")
     s.add_argument("--threads", type=int, default=d.threads, help="threads per interpreter (default %(default)s)")
-    s.add_argument("--queue", type=int, default=d.queue, help="requests waiting for a worker before 503 (default %(default)s)")
+    s.add_argument("--queue", type=int, default=d.queue,
+                   help="requests waiting for a worker before 503 (default %(default)s)")
     s.add_argument("--max-bytes", type=int, default=d.max_bytes, help="largest request body (default %(default)s)")
-    s.add_argument("--timeout", type=float, default=d.timeout, help="seconds per request, body to answer (default %(default)s)")
+    s.add_argument("--timeout", type=float, default=d.timeout,
+                   help="seconds per request, body to answer (default %(default)s)")
     s.add_argument("--top-k", type=int, default=d.top_k, help="classes per answer unless ?top_k= (default %(default)s)")
     s.add_argument("--access-log", action="store_true", help="log every request")
+
+
+def _watch_arguments(sub):
+    from .watch import OUTPUT
 
     s = _sub(sub, "watch", "classify each image that lands in a folder, once, appending JSON lines")
     _model_options(s)
@@ -120,9 +131,22 @@ def add_commands(sub):
     s.add_argument("--once", action="store_true", help="classify what is there and stop")
     s.add_argument("--duration", type=float, help="stop after this many seconds")
 
+
+def _info_arguments(sub):
     s = _sub(sub, "info", "describe a model file, or the bundle and the file it would run")
     _model_options(s)
     s.add_argument("file", nargs="?", help="a model file (same as --model)")
+
+
+# each device command's arguments, in the order --help lists them
+ARGUMENTS = {"selfcheck": _selfcheck_arguments, "select": _select_arguments, "predict": _predict_arguments,
+             "serve": _serve_arguments, "watch": _watch_arguments, "info": _info_arguments}
+
+
+def add_commands(sub):
+    """The device's commands, added to an argparse subparsers object (this CLI's, or edgeclf's)."""
+    for add in ARGUMENTS.values():
+        add(sub)
     for name, handler in COMMANDS.items():
         sub.choices[name].set_defaults(handler=handler)
 
@@ -210,13 +234,13 @@ def cmd_serve(args):
     _positive(workers=args.workers, threads=args.threads, queue=args.queue, max_bytes=args.max_bytes, top_k=args.top_k)
     if args.timeout <= 0:
         raise InputError("--timeout must be above 0")
-    notes = []
+    notes: list[str] = []
     model = resolve_model(args.model, args.bundle, args.threads, log=notes.append)
     limits = Limits(max_bytes=args.max_bytes, timeout=args.timeout, queue=args.queue, workers=args.workers,
                     threads=args.threads, top_k=args.top_k)
     for n in notes:
         print(n, flush=True)
-    serve(model, limits, args.host, args.port, why=notes[0] if notes else "given with --model",
+    serve(model, limits, (args.host, args.port), why=notes[0] if notes else "given with --model",
           access_log=args.access_log, log=lambda m: print(m, flush=True))
     return 0
 

@@ -22,6 +22,24 @@ def signature():
     return {"arch": platform.machine(), "cpu_flags": cpu_flags()}
 
 
+def describe():
+    """This machine for a report: CPU model, architecture, cores, memory, OS, Python and the speed flags."""
+    import os
+
+    cpu = platform.processor() or ""
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    try:
+        mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    except (ValueError, OSError, AttributeError):
+        mem = None
+    return {"cpu": cpu, "machine": platform.machine(), "cores": cores(), "memory_gib": round(mem, 1) if mem else None,
+            "os": platform.platform(), "python": platform.python_version(), "cpu_flags": cpu_flags()}
+
+
 def cores():
     """The cores this process may run on (all of them unless restricted)."""
     import os

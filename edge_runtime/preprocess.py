@@ -93,7 +93,7 @@ def to_rgb(img):
     """Any Pillow mode as 8-bit RGB, upright per EXIF, transparency over white."""
     try:
         img = ImageOps.exif_transpose(img)
-    except Exception:  # a broken EXIF block should not cost us the image
+    except Exception:  # noqa: BLE001  a broken EXIF block should not cost us the image
         pass
     mode = img.mode
     if mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
@@ -130,7 +130,7 @@ def load_pixels(source, size):
     h, w = int(size[0]), int(size[1])
     img = decode(source)
     if img.size != (w, h):
-        img = img.resize((w, h), Image.BILINEAR)
+        img = img.resize((w, h), Image.Resampling.BILINEAR)
     return np.asarray(img, dtype=np.uint8)
 
 

@@ -55,7 +55,8 @@ def check_file(bundle, variant, ref):
     tol, what = tolerance(fmt, bundle.kind(variant), clf.output.scale if clf.output.quantized else None)
     r = compare(probs, expected, tol)
     r.update(variant=variant, tolerance=tol, tolerance_kind=what, probabilities=probs.tolist())
-    figures = f"{r['same_top1']}/{r['images']} same top-1, max |Δp| {r['max_abs_prob_diff']:.2e} (tolerance {tol:.2e}, {what})"
+    figures = (f"{r['same_top1']}/{r['images']} same top-1, max |Δp| {r['max_abs_prob_diff']:.2e}"
+               f" (tolerance {tol:.2e}, {what})")
     if r["passed"]:
         r["line"] = f"ok    {variant}: {figures}"
     else:

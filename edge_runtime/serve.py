@@ -77,7 +77,7 @@ class Pool:
         self.classifiers = [Classifier(model, threads=limits.threads) for _ in range(limits.workers)]
         for clf in self.classifiers:  # the first inference of an interpreter is slow: not on a request
             clf.probabilities(np.zeros((1, *clf.size, 3), np.uint8))
-        self.jobs = queue.Queue(limits.queue)
+        self.jobs: queue.Queue = queue.Queue(limits.queue)
         self.threads = [threading.Thread(target=self._work, args=(c,), name=f"inference-{i}", daemon=True)
                         for i, c in enumerate(self.classifiers)]
         for t in self.threads:
@@ -100,6 +100,7 @@ class Pool:
             if job.abandoned:  # its request timed out or went away while it waited
                 continue
             job.started = time.perf_counter()
+            outcome: tuple
             try:
                 outcome = (clf.predict(job.data, top_k=job.top_k), None)
             except InputError as e:
@@ -199,8 +200,10 @@ async def image_bytes(request, body, limits):
             form = await Request(request.scope, replay).form(max_files=4, max_fields=16, max_part_size=limits.max_bytes)
         except Exception as e:  # noqa: BLE001  starlette raises its own types for malformed forms
             raise HTTPError(400, "bad_form", f"malformed multipart body ({e})") from None
-        upload = next((form[f] for f in FORM_FIELDS if f in form and hasattr(form[f], "read")), None) or next(
-            (v for v in form.values() if hasattr(v, "read")), None)
+        from starlette.datastructures import UploadFile
+
+        files = [v for v in (form.get(f) for f in FORM_FIELDS) if isinstance(v, UploadFile)]
+        upload = next(iter(files), None) or next((v for v in form.values() if isinstance(v, UploadFile)), None)
         if upload is None:
             raise HTTPError(400, "bad_form", f"the multipart body holds no file (send it as field "
                                              f"{' or '.join(map(repr, FORM_FIELDS))})")
@@ -231,7 +234,7 @@ class Service:
         self.metrics = Metrics({"variant": self.info["variant"], "file": self.info["file"], "sha256": self.info["sha256"],
                                 "format": self.info["format"],
                                 **{f"version_{k}": v for k, v in self.info["versions"].items()}})
-        self.pool = None
+        self.pool: Pool | None = None  # set while the app runs (lifespan)
 
     def error(self, e):
         from starlette.responses import JSONResponse
@@ -267,6 +270,8 @@ class Service:
         top_k = top_k_of(request, limits, len(self.info["labels"]))
         data = await image_bytes(request, await read_body(request, limits, deadline), limits)
         job = Job(data, top_k, asyncio.get_running_loop())
+        if self.pool is None:  # not started yet, or shutting down
+            raise HTTPError(503, "unavailable", "the service is starting or stopping; try again")
         self.pool.submit(job)
         try:
             return await asyncio.wait_for(asyncio.shield(job.future), max(0.0, deadline - time.perf_counter())), job
@@ -303,7 +308,8 @@ class Service:
             yield
         finally:
             pool, self.pool = self.pool, None
-            await asyncio.to_thread(pool.close)
+            if pool is not None:
+                await asyncio.to_thread(pool.close)
 
 
 def create_app(model, limits=None, why="given"):
@@ -318,10 +324,11 @@ def create_app(model, limits=None, why="given"):
     return app
 
 
-def serve(model, limits, host="127.0.0.1", port=8080, why="given", access_log=False, log=print):
-    """Run until SIGTERM or SIGINT; requests in flight are finished first."""
+def serve(model, limits, address=("127.0.0.1", 8080), why="given", access_log=False, log=print):
+    """Run on address (host, port) until SIGTERM or SIGINT; requests in flight are finished first."""
     import uvicorn
 
+    host, port = address
     app = create_app(model, limits, why)
     log(f"serving {Path(model).name} on http://{host}:{port} ({limits.workers} worker(s) x {limits.threads} thread(s), "
         f"queue {limits.queue}, body limit {limits.max_bytes} bytes, timeout {limits.timeout:g} s)")

@@ -22,7 +22,8 @@ def _relative(lo, hi, median):
 
 
 def relative_ci(seconds):
-    return _relative(*median_ci(seconds), float(np.median(seconds)))
+    lo, hi = median_ci(seconds)
+    return _relative(lo, hi, float(np.median(seconds)))
 
 
 def summarize(seconds):
@@ -53,7 +54,8 @@ def samples(*fns, warmup=DEFAULTS["warmup"], min_runs=DEFAULTS["min_runs"], min_
     for i in range(warmup):
         for fn in fns:
             fn(i)
-    times, start = [[] for _ in fns], time.perf_counter()
+    times: list[list[float]] = [[] for _ in fns]
+    start = time.perf_counter()
     for i in range(max_runs):
         for fn, ts in zip(fns, times):
             t = time.perf_counter()

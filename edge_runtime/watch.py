@@ -29,7 +29,7 @@ def _key(rel, st):
 
 def load_done(out):
     """Keys already in the output file; a last line cut short by a kill is cut off the file."""
-    done = set()
+    done: set = set()
     if not out.exists():
         return done
     with open(out, "rb+") as f:
@@ -67,10 +67,14 @@ def ready_images(folder, done, settle, out, now=None):
 
 
 class Watcher:
-    def __init__(self, clf, folder, out=None, top_k=5, settle=1.0, batch=16, log=print):
+    """Classifies a folder's new images once each, across restarts, into a JSON-lines file."""
+
+    batch = 16  # images classified per call
+
+    def __init__(self, clf, folder, out=None, top_k=5, settle=1.0, log=print):
         self.clf, self.folder = clf, Path(folder)
         self.out = Path(out) if out else self.folder / OUTPUT
-        self.top_k, self.settle, self.batch, self.log = top_k, settle, batch, log
+        self.top_k, self.settle, self.log = top_k, settle, log
         self.done = load_done(self.out)
         self.stopping = False
 

@@ -83,7 +83,8 @@ def input_means(model, layers, images, keras):
 
 def correct(model, images):
     """(a copy of model with its biases corrected, record): record says how many layers and how long."""
-    import tf_keras as keras
+    from runlib.tf_setup import import_keras
+    keras = import_keras()
 
     t0 = time.time()
     layers = _layers(model, keras)

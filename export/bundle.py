@@ -1,4 +1,4 @@
-"""python -m export.bundle --run runs/<name> [--variant V | --variants a,b]
+"""`edgeclf bundle --run runs/<name> [--variant V | --variants a,b]`
 
 Packs a run for a device (a Raspberry Pi, or any Python 3.11+ machine without TensorFlow):
 dist/<run>.tar.gz, or dist/<run>-<variant>.tar.gz for a single file.
@@ -17,8 +17,8 @@ requirements.txt pinning it and everything it needs, a systemd unit for `serve`,
 """
 import io
 import json
-import sys
 import tarfile
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -28,15 +28,13 @@ from edge_runtime.classifier import LABELS, Classifier
 from edge_runtime.errors import InputError
 from edge_runtime.files import MANIFEST, atomic_path, plain_name, sha256_file
 from edge_runtime.machine import runtime_versions, signature
-from train.shared.progress import logger
+from runlib.progress import logger
 
 from . import runtime_wheel
-from .variants import BY_NAME, VARIANTS
+from . import variants as table
 
-FLOAT_PREFERENCE = ("tflite-fp16", "tflite-fp32", "onnx-fp32")
 REFERENCE_IMAGES = 8
 SERVICE = "edgeclf.service"
-NOT_DEPLOYED = ("keras", "qat-source")
 # The bundle's README.md (readme() fills it in).
 README = """# {name}
 
@@ -138,7 +136,7 @@ def gate_record(run):
                            "sha256": r.get("sha256"),
                            "why": "; ".join(failures.get(r["variant"], [])) or r.get("error", "")
                            or ("" if judged else "the gate could not judge on so few test images")}
-            for r in report["rows"] if r["variant"] not in NOT_DEPLOYED}
+            for r in report["rows"] if table.get(r["variant"]) and table.get(r["variant"]).deployable}
     gate = {k: report["gate"][k] for k in ("max_drop", "min_agreement", "enforced")}
     gate.update(report=str(report_file.relative_to(run.path)), report_sha256=sha256_file(report_file),
                 measured_at=report.get("created_at"))
@@ -167,8 +165,8 @@ def default_candidates(run, manifest, measured):
     stale = [v for v, status in ok.items() if "re-exported" in status or "checksums" in status]
     if stale:
         raise InputError(f"{', '.join(stale)}: {ok[stale[0]]}")
-    integer = [v.name for v in VARIANTS if v.calibrated and v.name in passing]
-    floats = [name for name in FLOAT_PREFERENCE if name in passing][:1]
+    integer = [v.name for v in table.from_names(None) if v.calibrated and v.deployable and v.name in passing]
+    floats = [name for name in table.float_candidates() if name in passing][:1]
     if not integer + floats:
         raise InputError(f"no exported variant of {run.path} passed the parity gate; pass VARIANT=<name> to pack one anyway")
     return integer + floats
@@ -253,10 +251,24 @@ def readme(name, run_name, candidates, manifest, gate, single):
                          unit=f"edgeclf-{name}", images=REFERENCE_IMAGES)
 
 
-def members(run, variants, manifest, measured, gate, name, count, work):
-    """(name inside the bundle, bytes) of everything the bundle holds."""
-    entries = {v: manifest["variants"][v] for v in variants}
-    names, labels, pixels, sources = reference_images(run, count)
+@dataclass(frozen=True)
+class Plan:
+    """What one bundle packs: the run, its candidate variants, the export manifest, the benchmark's verdicts
+    (gate_record()), the bundle's name and how many reference images."""
+    run: object
+    variants: list
+    manifest: dict
+    measured: dict
+    gate: dict
+    name: str
+    count: int
+
+
+def members(plan, work):
+    """(name inside the bundle, bytes) of everything the bundle holds, and its requirements lines."""
+    run, manifest, measured, gate, name = plan.run, plan.manifest, plan.measured, plan.gate, plan.name
+    entries = {v: manifest["variants"][v] for v in plan.variants}
+    names, labels, pixels, sources = reference_images(run, plan.count)
     probs = {}
     for v, e in entries.items():
         model = run.export_dir / e["file"]
@@ -271,7 +283,7 @@ def members(run, variants, manifest, measured, gate, name, count, work):
     statuses = {v: provenance(v, e, measured) for v, e in entries.items()}
     slim = {k: v for k, v in manifest.items() if k not in ("variants", "runtime_settings")}  # tuned for this host only
     slim.update(run=run.path.name, variants=entries,
-                selfcheck={"kinds": {v: "integer" if BY_NAME[v].calibrated else "float" for v in entries}},
+                selfcheck={"kinds": {v: table.get(v).selfcheck_kind for v in entries}},
                 bundle={"name": name, "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                         "candidates": list(entries), "gate": gate, "gate_status": statuses,
                         "edge_runtime": runtime_wheel.version()})
@@ -307,7 +319,7 @@ def build(run, variants=None, dist=Path("dist"), count=REFERENCE_IMAGES):
 def _build(run, variants, dist, count):
     import tempfile
 
-    from train.shared import scratch
+    from runlib import scratch
 
     scratch.tidy(run, log)
     manifest = run.manifest()
@@ -330,7 +342,7 @@ def _build(run, variants, dist, count):
             raise InputError(f"{model}: checksum mismatch with {run.export_manifest}; re-run `make export RUN={run.path}`")
     name = run.path.name if len(variants) > 1 else f"{run.path.name}-{variants[0]}"
     with tempfile.TemporaryDirectory(prefix=scratch.prefix("bundle")) as work:
-        files, requirements = members(run, variants, manifest, measured, gate, name, count, work)
+        files, requirements = members(Plan(run, variants, manifest, measured, gate, name, count), work)
     out = Path(dist) / f"{name}.tar.gz"
     with atomic_path(out, suffix=".tar.gz") as tmp:
         with tarfile.open(tmp, "w:gz") as tar:
@@ -344,25 +356,16 @@ def _build(run, variants, dist, count):
 
 
 def run_command(o):
-    """`edgeclf bundle`: options by name (train/shared/options.py)."""
-    from train.shared.options import defaults
-    from train.shared.run_folder import resolve_run
+    """`edgeclf bundle`: options by name (runlib/options.py)."""
+    from runlib.options import resolve
+    from runlib.run_folder import resolve_run
 
-    from .variants import select
-
-    o = {**defaults("bundle"), **o}
-    if o["variant"] and o["variants"]:
+    c = resolve("bundle", o)
+    if c.variant and c.variants:
         raise InputError("give --variant (one file) or --variants (candidates), not both")
-    if o["images"] < 1:
-        raise InputError(f"--images must be at least 1, got {o['images']}")
-    names = [v.name for v in select(o["variants"])] if o["variants"] else o["variant"]
-    if o["variant"]:
-        select(o["variant"])
-    build(resolve_run(o["run"]), names, Path(o["dist"]), o["images"])
+    names = [v.name for v in table.from_names(c.variants)] if c.variants else c.variant
+    if c.variant:
+        table.from_names(c.variant)
+    build(resolve_run(c.run), names, Path(c.dist), c.images)
     return 0
 
-
-if __name__ == "__main__":
-    from train.cli import main
-
-    sys.exit(main(["bundle", *sys.argv[1:]]))

@@ -20,9 +20,9 @@ from edge_runtime.files import (MANIFEST, TEMP_PREFIX, atomic_path, fsync_path, 
                                 write_text)
 from edge_runtime.machine import cores
 from edge_runtime.preprocess import load_batch
-from train.shared.progress import Progress, heartbeat, logger
+from runlib.progress import Progress, heartbeat, logger
 
-from .variants import select
+from .variants import from_names
 
 TOOLS = ("tensorflow", "tf-keras", "tensorflow-model-optimization", "tf2onnx", "onnx", "onnxruntime", "ai-edge-litert")
 SMOKE_MIN_AGREEMENT = 0.5  # below this the variant "disagrees with the Keras model on most images"
@@ -32,46 +32,50 @@ log = logger("export")
 
 
 class Context:
-    """What converters need from the run, each loaded once and only when first asked for."""
+    """What converters need from the run, each loaded once and only when first asked for.
 
-    def __init__(self, run, budget=None, **options):
-        """options: export's (train/shared/options.py), defaults for those not given."""
-        from train.shared.options import defaults
+    config: the export's ExportConfig (runlib/options.py), resolved once by export.export().
+    log, work: where progress goes and the scratch folder (a temporary one, removed by close(), when None).
+    model, images: a model and (calibration, validation, smoke) images to use instead of loading them
+    (the bias-corrected view shares the original's images).
+    """
 
+    def __init__(self, run, config, log=None, work=None, model=None, images=None):
         from .fallback import Budget
 
-        self.run = run
-        self.budget = budget or Budget()
-        self.config = run.config()
-        self.options = dict(options)  # what a background conversion needs to build its own context
+        self.run, self.export_config = run, config
+        self.budget = Budget.of(config)
+        self.log = log or logger("export")
+        self.config = run.config()  # the run's config.json
         self.scratch = []  # folders removed by close()
         self.source_sha256 = None
-        o = {**defaults("export", bool(self.config.get("demo"))), **options}
-        self.ranges = o["ranges"]  # activation ranges of the int8 files: export/ranges.py
+        self.ranges = config.ranges  # activation ranges of the int8 files: export/ranges.py
         self.class_names = run.class_names()
         self.data_root = run.data_root()
         self.samples = run.split()
-        self.calibration_count, self.smoke_count = o["calibration_images"], o["smoke_images"]
-        self.qat_epochs, self.qat_lr, self.seed = o["qat_epochs"], o["qat_lr"], o["seed"]
-        self.qat_labels = o["qat_labels"]
-        self.bias_correction = o["bias_correction"]  # auto | on | off: export/int8.py
+        self.calibration_count, self.smoke_count = config.calibration_images, config.smoke_images
+        self.qat_epochs, self.qat_lr, self.seed = config.qat_epochs, config.qat_lr, config.seed
+        self.qat_labels = config.qat_labels
+        self.bias_correction = config.bias_correction  # auto | on | off: export/int8.py
         self.size = tuple(self.config["image_size"])
-        self.log = log
         self.timings = {}  # seconds of the shared stages (model load, trace, tf2onnx), for the manifest
+        self._work, self._own_work = work, work is None
+        self._model = model
+        self._images = dict(zip(("calibration", "validation", "smoke"), images)) if images else {}
 
-    @cached_property
+    @property
     def work(self):
-        """A scratch folder for what several converters share; removed by close()."""
-        import tempfile
+        """A scratch folder for what several converters share; a temporary one is removed by close()."""
+        if self._work is None:
+            import tempfile
 
-        from train.shared.scratch import prefix
+            from runlib.scratch import prefix
 
-        return Path(tempfile.mkdtemp(prefix=prefix("export")))
+            self._work = Path(tempfile.mkdtemp(prefix=prefix("export")))
+        return self._work
 
     def close(self):
-        import shutil
-
-        for folder in self.scratch + ([self.work] if "work" in self.__dict__ else []):
+        for folder in self.scratch + ([self._work] if self._own_work and self._work else []):
             shutil.rmtree(folder, ignore_errors=True)
 
     @cached_property
@@ -99,25 +103,22 @@ class Context:
 
     @cached_property
     def bias_corrected(self):
-        """This context with the model's biases corrected for int8 weight rounding (export/bias_correction.py):
+        """A context of the model with its biases corrected for int8 weight rounding (export/bias_correction.py):
         its own trace and tf2onnx conversion, the same images, and the original model's probabilities as the
         reference. Built once, for every int8 format that tries it."""
-        import copy
         import tempfile
 
-        from train.shared.scratch import prefix
+        from runlib.scratch import prefix
 
         from .bias_correction import correct
 
-        shared = self.calibration, self.validation, self.smoke  # computed once, from the original model
-        view = copy.copy(self)
-        for name in ("saved_model", "onnx_float", "work", "bias_corrected"):
-            view.__dict__.pop(name, None)
-        view.__dict__["work"] = Path(tempfile.mkdtemp(prefix=prefix("export-bias-corrected")))
-        self.scratch.append(view.work)
+        images = self.calibration, self.validation, self.smoke  # computed once, from the original model
+        work = Path(tempfile.mkdtemp(prefix=prefix("export-bias-corrected")))
+        self.scratch.append(work)
         with heartbeat("export", "correcting biases for int8 weights"):
-            view.__dict__["model"], view.correction = correct(self.model, shared[0])
-        view.timings = {}  # its own trace and tf2onnx seconds, reported with the correction
+            model, correction = correct(self.model, images[0])
+        view = Context(self.run, self.export_config, log=self.log, work=work, model=model, images=images)
+        view.correction = correction  # its own trace and tf2onnx seconds are reported with the correction
         return view
 
     def subset(self, name):
@@ -130,21 +131,35 @@ class Context:
                              f"is the dataset still at {self.data_root}?")
         return load_batch([self.data_root / s.path for s in samples], self.size)
 
-    @cached_property
+    @property
     def model(self):
-        from train.shared.tf_setup import import_tensorflow
+        if self._model is None:
+            from train.model import load_run_model
 
-        import_tensorflow()
-        from train.model import load_run_model
+            t0 = time.time()
+            with heartbeat("export", f"loading {self.run.model}"):
+                self._model = load_run_model(self.run)
+            self.timings["load model"] = round(time.time() - t0, 1)
+        return self._model
 
-        t0 = time.time()
-        with heartbeat("export", f"loading {self.run.model}"):
-            model = load_run_model(self.run)
-        self.timings["load model"] = round(time.time() - t0, 1)
-        return model
+    def _cached(self, name, make):
+        if name not in self._images:
+            self._images[name] = make()
+        return self._images[name]
 
-    @cached_property
+    @property
     def calibration(self):
+        return self._cached("calibration", self._calibration)
+
+    @property
+    def validation(self):
+        return self._cached("validation", self._validation)
+
+    @property
+    def smoke(self):
+        return self._cached("smoke", self._smoke)
+
+    def _calibration(self):
         """uint8 images from the training split, drawn evenly across classes (round robin), seeded."""
         train = sorted(self.subset("train"), key=lambda s: s.path)
         rng = np.random.default_rng(self.seed)
@@ -157,19 +172,17 @@ class Context:
             for q in queues:
                 if q and len(pick) < self.calibration_count:
                     pick.append(q.pop())
-        log(f"loading {len(pick)} calibration images from the training split ({len(queues)} classes, evenly drawn)")
+        self.log(f"loading {len(pick)} calibration images from the training split ({len(queues)} classes, evenly drawn)")
         return self._pixels(sorted(pick, key=lambda s: s.path))
 
-    @cached_property
-    def validation(self):
+    def _validation(self):
         """(uint8 pixels, labels, Keras probabilities) of the whole validation split: what the fallback decides on."""
         pool = sorted(self.subset("val") or self.subset("train"), key=lambda s: s.path)
         index = {c: i for i, c in enumerate(self.class_names)}
         pixels = self._pixels(pool)
         return pixels, np.array([index[s.label] for s in pool]), self.model.predict(pixels.astype(np.float32), verbose=0)
 
-    @cached_property
-    def smoke(self):
+    def _smoke(self):
         """A few validation images and the Keras model's probabilities on them."""
         pool = sorted(self.subset("val") or self.subset("test") or self.subset("train"), key=lambda s: s.path)
         step = max(1, len(pool) // self.smoke_count)
@@ -191,7 +204,7 @@ def _tflite_metadata(path, ctx, variant, manifest):
 
 def save_traced(model, size, path):
     """The Keras model as a SavedModel with one signature: input "image", float32 raw pixels, any batch."""
-    from train.shared.tf_setup import import_tensorflow
+    from runlib.tf_setup import import_tensorflow
 
     tf = import_tensorflow()
     h, w = size
@@ -267,20 +280,21 @@ def recover(out, manifest=None):
     return restored
 
 
-def export_run(run, variant_names=None, variants=None, **ctx_options):
-    """Export; returns (manifest, names of failed variants). The caller holds the run's lock."""
-    from train.shared.scratch import tidy
+def export_run(run, config, variants=None):
+    """Export the variants (default: those config.variants names); returns (manifest, names of failed
+    variants). The caller holds the run's lock."""
+    from runlib.scratch import tidy
 
-    chosen = variants if variants is not None else select(variant_names)
+    chosen = variants if variants is not None else from_names(config.variants)
     out = run.export_dir
     out.mkdir(parents=True, exist_ok=True)
     tidy(run, log)
     if recover(out):
         log("put back the previous file(s) of an export that was stopped before its manifest was written")
-    ctx = Context(run, **ctx_options)
+    ctx = Context(run, config, log=log)
     write_text(out / "labels.txt", "\n".join(ctx.class_names) + "\n")
     manifest = previous_manifest(out)
-    from train.shared.versions import package_versions
+    from runlib.versions import package_versions
 
     manifest.update({
         "run": run.path.name,  # the run's name: the manifest travels to devices, the builder's paths do not
@@ -298,11 +312,6 @@ def export_run(run, variant_names=None, variants=None, **ctx_options):
     finally:
         ctx.close()
     return manifest, failed
-
-
-# Converted in a process of its own beside the others (export/background.py): QAT's fine-tuning keeps every
-# core busy for minutes while the other conversions mostly use one.
-BACKGROUND = ("tflite-qat-int8",)
 
 
 def convert(v, ctx, tmp, manifest):
@@ -342,13 +351,14 @@ def _export_each(chosen, ctx, out, manifest, failed):
     from .background import start
 
     progress, done = Progress("export", len(chosen), "variants"), 0
-    jobs = start([v for v in chosen if v.name in BACKGROUND], ctx) if len(chosen) > 1 and cores() > 1 else {}
+    # a variant that keeps every core busy for minutes (QAT's fine-tuning) converts in a process of its own meanwhile
+    jobs = start([v for v in chosen if v.background], ctx) if len(chosen) > 1 and cores() > 1 else {}
     for v in chosen:
         if v.name in jobs:
             continue
         done += 1
         log(f"[{done}/{len(chosen)}] {v.name} ({v.format}, {v.precision})")
-        _one(v, ctx, out, manifest, failed, lambda tmp: convert(v, ctx, tmp, manifest))
+        _one(v, ctx, out, manifest, failed, lambda tmp, v=v: convert(v, ctx, tmp, manifest))
         progress.update(done, v.name)
     for v in chosen:
         if v.name in jobs:
@@ -373,7 +383,7 @@ def _one(v, ctx, out, manifest, failed, produce):
     except InputError:
         recover(out, manifest)
         raise  # bad input (missing data, unloadable model) stops everything with one clear line
-    except Exception as e:
+    except Exception as e:  # noqa: BLE001  any converter failure is this variant's, recorded; the others go on
         error = f"{type(e).__name__}: {str(e).strip().splitlines()[0][:300] if str(e).strip() else ''}"
         recover(out, manifest)
         failed.append(v.name)

@@ -10,15 +10,14 @@ test split stays untouched for the benchmark.
    between 0 and the cap (a share of the candidate ops) in about log2(cap) + 1 quantizations.
    Quantization error builds up with depth and near the output flips the predictions the model is
    least sure of, and a tail dequantizes once where scattered float ops each pay a dequantize and a
-   quantize. On a ResNet-50 trained from scratch on Leeds, whose error is spread over every layer of
-   stages 4 and 5, single ops never helped (35 of 36) while each longer tail did.
+   quantize (docs/export.md has the runs that showed it).
 3. If even the cap's tail misses: single ops, ranked leave-one-out (the file with only that op in
    float, scored by the mean absolute change in probabilities against Keras; NNCF ranks the same way)
    and tried in that order, one more at a time; an op stays float only if that lowers the change,
    until the budget holds or the cap is reached, stopping after PATIENCE ops in a row that did not
-   help. On the Leeds MobileNet the sensitive ops are early ones (conv1, conv_dw_3) that no tail
-   reaches. The ranking costs one quantization per op, so it is skipped, and says so, when the
-   tail's trials put it over the budget's `seconds`.
+   help: a model's sensitive ops can be early ones that no tail reaches. The ranking costs one
+   quantization per op, so it is skipped, and says so, when the tail's trials put it over the
+   budget's `seconds`.
 The better of the two is kept (meets the budget, then the smaller probability change); if neither
 meets it, that file is written and marked, and the export says so.
 4. Where the format can (TFLite, `compact`), the ops kept float get int8 weights for their float
@@ -33,9 +32,9 @@ from pathlib import Path
 import numpy as np
 
 from edge_runtime.classifier import Classifier
-from train.shared.metrics import class_misses, class_parity, parity_misses
-from train.shared.options import defaults
-from train.shared.progress import Progress
+from runlib.metrics import class_misses, class_parity, parity_misses
+from runlib.options import defaults
+from runlib.progress import Progress
 
 _OPTION = defaults("export")
 
@@ -51,6 +50,13 @@ class Budget:
     seconds: float = _OPTION["fallback_seconds"]  # the single-op search runs only if its ranking should take no longer
     max_class_drop: float = _OPTION["max_class_drop"]  # the per-class budget, as the gate applies it
     class_images: int = _OPTION["class_images"]
+
+    @classmethod
+    def of(cls, config):
+        """The budget an ExportConfig (runlib/options.py) sets."""
+        return cls(max_drop=config.max_drop, min_agreement=config.min_agreement, cap=config.fallback_cap,
+                   enabled=config.fallback, seconds=config.fallback_seconds, max_class_drop=config.max_class_drop,
+                   class_images=config.class_images)
 
     def misses(self, m):
         """Why validation metrics `m` miss the budget, overall or in a class (empty when they hold it)."""
@@ -105,25 +111,35 @@ def _p50_ms(path, pixels, runs=15):
     return round(1000 * float(np.median(times)), 3)
 
 
+@dataclass(frozen=True)
+class Choice:
+    """A file the search may keep: the ops it keeps float, its path, its validation metrics, how it was found."""
+    ops: list
+    path: Path
+    metrics: dict
+    strategy: str
+
+
 class Search:
     """The accuracy-aware fallback of one int8 file (the module docstring's steps).
 
-    quantize(excluded, path): writes a quantized model with the `excluded` ops left in float.
+    fmt: the format's quantizer (export/int8.py): fmt.quantize(excluded, path) writes a quantized model with the
+    `excluded` ops left in float; fmt.suffix is its file extension; fmt.compact(src, dst) writes src with its
+    float ops' weights in int8 and returns how many ops changed (see compact()), or is None where the format
+    has no such form.
     candidates: the ops that may stay float, in the order they run.
     validation: (uint8 pixels, labels, Keras probabilities) of the validation split.
-    compact(src, dst): writes src with its float ops' weights in int8, returns how many ops changed
-    (see _compact); None where the format has no such form.
     """
 
-    def __init__(self, quantize, candidates, validation, budget, work, log, suffix, compact=None):
-        self.quantize, self.candidates, self.validation = quantize, list(candidates), validation
-        self.budget, self.work, self.log, self.suffix, self.compact = budget, Path(work), log, suffix, compact
+    def __init__(self, fmt, candidates, validation, budget, work, log):
+        self.fmt, self.candidates, self.validation = fmt, list(candidates), validation
+        self.budget, self.work, self.log = budget, Path(work), log
         self.misses = budget.misses
         self.cap = max(1, int(budget.cap * len(self.candidates)))
 
     def build(self, excluded, name):
-        path = self.work / f"{name}{self.suffix}"
-        self.quantize(list(excluded), path)
+        path = self.work / f"{name}{self.fmt.suffix}"
+        self.fmt.quantize(list(excluded), path)
         return path
 
     def run(self, full=None):
@@ -140,24 +156,24 @@ class Search:
                   "candidate_ops": len(self.candidates), "validation_before": before, "kept_float": [],
                   "validation_after": before, "met_budget": not missed}
         self.log(f"  validation ({before['images']} images): Δtop-1 {before['top1_change_points']:+.1f} pts, "
-                 f"agreement {before['agreement']:.3f}" + ("" if not missed else f": misses the budget ({'; '.join(missed)})"))
+                 f"agreement {before['agreement']:.3f}"
+                 + ("" if not missed else f": misses the budget ({'; '.join(missed)})"))
         if not missed or not b.enabled or not self.candidates:
             return full, record
         t0 = time.time()
-        chosen, path, after, strategy, tried = self.tail(full, before)
+        best, tried = self.tail(full, before)
         record["tail_tried"] = [{"float_ops": n, **{key: m[key] for key in ("top1_change_points", "agreement")}}
                                 for n, (_, m) in sorted(tried.items())]
-        if self.misses(after):
-            chosen, path, after, strategy = self.maybe_single_ops(record, full, before, (chosen, path, after, strategy),
-                                                                  (time.time() - t0) / len(tried))
-        if self.compact is not None and chosen:
-            path, after, record["float_weights"] = _compact(self.compact, path, after, self.validation, self.misses,
-                                                            self.work, self.suffix, self.log)
-        return self.finish(record, full, chosen, path, after, strategy, t0)
+        if self.misses(best.metrics):
+            best = self.maybe_single_ops(record, full, before, best, (time.time() - t0) / len(tried))
+        if self.fmt.compact is not None and best.ops:
+            path, metrics, record["float_weights"] = self.compact(best.path, best.metrics)
+            best = Choice(best.ops, path, metrics, best.strategy)
+        return self.finish(record, full, best, t0)
 
     def tail(self, full, before):
-        """(ops, file, metrics, "tail", {k: (file, metrics)}): the shortest float tail within the cap that
-        meets the budget, by bisection; or the cap's, or none, when even the cap's misses."""
+        """(Choice, {k: (file, metrics)}): the shortest float tail within the cap that meets the budget, by
+        bisection; or the cap's, or none, when even the cap's misses."""
         tried = {}
 
         def attempt(k):
@@ -179,91 +195,83 @@ class Search:
         else:  # even the cap misses: keep the cap's tail if it is closer to the Keras model than none
             k = cap if tried[cap][1]["mean_abs_prob_diff"] < before["mean_abs_prob_diff"] else 0
         path, after = tried[k] if k else (full, before)
-        return (self.candidates[len(self.candidates) - k:] if k else []), path, after, "tail", tried
+        return Choice(self.candidates[len(self.candidates) - k:] if k else [], path, after, "tail"), tried
 
     def maybe_single_ops(self, record, full, before, best, per_trial):
-        """The single-op search when its ranking fits the time budget; the better of it and `best`."""
+        """The single-op search when its ranking fits the time budget; the better Choice of it and `best`."""
         estimate = per_trial * len(self.candidates)
         if estimate > self.budget.seconds:
             self.log(f"  single-op search skipped: ranking {len(self.candidates)} ops would take about {estimate:.0f} s "
                      f"(over {self.budget.seconds:g} s; --fallback-seconds)")
             record["single_ops"] = {"skipped": f"ranking estimated at {estimate:.0f} s"}
             return best
-        ops, path, after, record["single_ops"] = _single_ops(self.build, self.candidates, self.validation, before, full,
-                                                             self.cap, self.misses, self.log)
-        if self.budget.closeness(after) > self.budget.closeness(best[2]):
-            return ops, path, after, "single ops"
-        return best
+        single, record["single_ops"] = self.single_ops(full, before)
+        return single if self.budget.closeness(single.metrics) > self.budget.closeness(best.metrics) else best
 
-    def finish(self, record, full, chosen, path, after, strategy, t0):
-        met = not self.misses(after)
-        pixels = self.validation[0]
-        record.update(kept_float=chosen, kept_float_layers=[short_name(op) for op in chosen], strategy=strategy,
-                      float_from=short_name(chosen[0]) if chosen and strategy == "tail" else None, met_budget=met,
-                      validation_after=after, search_seconds=round(time.time() - t0, 1),
-                      cost={"bytes_full_int8": full.stat().st_size, "bytes": path.stat().st_size,
-                            "p50_ms_1thread_full_int8": _p50_ms(full, pixels), "p50_ms_1thread": _p50_ms(path, pixels)})
+    def single_ops(self, full, before):
+        """(Choice, record) of the single-op search (step 3 of the module docstring)."""
+        pixels, _, ref = self.validation
+        scores = []
+        progress = Progress("export", len(self.candidates), "ops ranked by sensitivity (leave-one-out)")
+        for i, op in enumerate(self.candidates, 1):
+            p = _probabilities(self.build([op], "loo"), pixels)
+            scores.append((float(np.abs(p - ref).mean()), op))
+            progress.update(i)
+        scores.sort()
+        chosen, after, path, tried, in_vain = [], before, full, 0, 0
+        for _, op in scores[: 2 * self.cap]:
+            if len(chosen) >= self.cap or not self.misses(after) or in_vain >= PATIENCE:
+                break
+            tried += 1
+            trial = self.build(chosen + [op], f"try{tried}")
+            m = measure(trial, self.validation)
+            keep = m["mean_abs_prob_diff"] < after["mean_abs_prob_diff"] or not self.misses(m)
+            self.log(f"  {short_name(op)} in float: Δtop-1 {m['top1_change_points']:+.1f} pts"
+                     f", agreement {m['agreement']:.3f}"
+                     + (f" -> kept ({len(chosen) + 1} op(s) in float)" if keep else " -> no better, back to int8"))
+            if keep:
+                chosen, after, path, in_vain = chosen + [op], m, trial, 0
+            else:
+                in_vain += 1
+        if in_vain >= PATIENCE and self.misses(after):
+            self.log(f"  stopped: {PATIENCE} ops in a row did not help")
+        return Choice(chosen, path, after, "single ops"), {
+            "tried": tried, "stopped_in_vain": in_vain >= PATIENCE,
+            "sensitivity": [{"op": op, "mean_abs_prob_diff_when_float": round(sc, 6)} for sc, op in scores[: 2 * self.cap]]}
+
+    def compact(self, path, after):
+        """(file, metrics, record): the chosen file with int8 weights in its float ops, when that holds what
+        the float-weights file held (the budget if it met it, else no lower agreement or top-1 change);
+        otherwise the float-weights file."""
+        dst = self.work / f"compact{self.fmt.suffix}"
+        ops = self.fmt.compact(path, dst)
+        if not ops:
+            return path, after, {"int8": False, "reason": "no float op with weights"}
+        m = measure(dst, self.validation)
+        keep = not self.misses(m) if not self.misses(after) else (m["agreement"] >= after["agreement"]
+                                                                  and m["top1_change_points"] >= after["top1_change_points"])
+        self.log(f"  int8 weights in {ops} float op(s): {path.stat().st_size / 1e6:.1f} "
+                 f"-> {dst.stat().st_size / 1e6:.1f} MB, "
+                 f"Δtop-1 {m['top1_change_points']:+.1f} pts, agreement {m['agreement']:.3f} -> "
+                 + ("kept" if keep else "not kept (float weights hold parity better)"))
+        record = {"int8": keep, "ops": ops, "validation": m, "bytes": dst.stat().st_size}
+        return (dst, m, record) if keep else (path, after, record)
+
+    def finish(self, record, full, best, t0):
+        met = not self.misses(best.metrics)
+        pixels, chosen = self.validation[0], best.ops
+        record.update(kept_float=chosen, kept_float_layers=[short_name(op) for op in chosen], strategy=best.strategy,
+                      float_from=short_name(chosen[0]) if chosen and best.strategy == "tail" else None, met_budget=met,
+                      validation_after=best.metrics, search_seconds=round(time.time() - t0, 1),
+                      cost={"bytes_full_int8": full.stat().st_size, "bytes": best.path.stat().st_size,
+                            "p50_ms_1thread_full_int8": _p50_ms(full, pixels), "p50_ms_1thread": _p50_ms(best.path, pixels)})
         n = len(self.candidates)
         if not met:
-            self.log(f"  WARNING: the budget still misses with {len(chosen)} op(s) in float ({strategy}; cap {self.cap} of "
-                     f"{n}); the file is written and marked")
+            self.log(f"  WARNING: the budget still misses with {len(chosen)} op(s) in float ({best.strategy}; cap "
+                     f"{self.cap} of {n}); the file is written and marked")
         elif chosen:
-            self.log(f"  {len(chosen)} of {n} ops in float ({strategy}"
-                     + (f", from {short_name(chosen[0])} on)" if strategy == "tail" else ")"))
-        final = self.work / f"chosen{self.suffix}"
-        shutil.copy(path, final)
+            self.log(f"  {len(chosen)} of {n} ops in float ({best.strategy}"
+                     + (f", from {short_name(chosen[0])} on)" if best.strategy == "tail" else ")"))
+        final = self.work / f"chosen{self.fmt.suffix}"
+        shutil.copy(best.path, final)
         return final, record
-
-
-def search(quantize, candidates, validation, budget, work, log, suffix, full=None, compact=None):
-    """Search(...).run(full): the chosen file's path and the manifest's "fallback" record."""
-    return Search(quantize, candidates, validation, budget, work, log, suffix, compact).run(full)
-
-
-def _compact(compact, path, after, validation, misses, work, suffix, log):
-    """(file, metrics, record): the chosen file with int8 weights in its float ops, when that holds what
-    the float-weights file held (the budget if it met it, else no lower agreement or top-1 change);
-    otherwise the float-weights file."""
-    dst = Path(work) / f"compact{suffix}"
-    ops = compact(path, dst)
-    if not ops:
-        return path, after, {"int8": False, "reason": "no float op with weights"}
-    m = measure(dst, validation)
-    keep = not misses(m) if not misses(after) else (m["agreement"] >= after["agreement"]
-                                                    and m["top1_change_points"] >= after["top1_change_points"])
-    log(f"  int8 weights in {ops} float op(s): {path.stat().st_size / 1e6:.1f} -> {dst.stat().st_size / 1e6:.1f} MB, "
-        f"Δtop-1 {m['top1_change_points']:+.1f} pts, agreement {m['agreement']:.3f} -> "
-        + ("kept" if keep else "not kept (float weights hold parity better)"))
-    record = {"int8": keep, "ops": ops, "validation": m, "bytes": dst.stat().st_size}
-    return (dst, m, record) if keep else (path, after, record)
-
-
-def _single_ops(build, candidates, validation, before, full, cap, misses, log):
-    """(ops kept float, file, its metrics, record) of the single-op search (step 3 of the docstring)."""
-    pixels, _, ref = validation
-    scores = []
-    progress = Progress("export", len(candidates), "ops ranked by sensitivity (leave-one-out)")
-    for i, op in enumerate(candidates, 1):
-        p = _probabilities(build([op], "loo"), pixels)
-        scores.append((float(np.abs(p - ref).mean()), op))
-        progress.update(i)
-    scores.sort()
-    chosen, after, path, tried, in_vain = [], before, full, 0, 0
-    for _, op in scores[: 2 * cap]:
-        if len(chosen) >= cap or not misses(after) or in_vain >= PATIENCE:
-            break
-        tried += 1
-        trial = build(chosen + [op], f"try{tried}")
-        m = measure(trial, validation)
-        keep = m["mean_abs_prob_diff"] < after["mean_abs_prob_diff"] or not misses(m)
-        log(f"  {short_name(op)} in float: Δtop-1 {m['top1_change_points']:+.1f} pts, agreement {m['agreement']:.3f}"
-            + (f" -> kept ({len(chosen) + 1} op(s) in float)" if keep else " -> no better, back to int8"))
-        if keep:
-            chosen, after, path, in_vain = chosen + [op], m, trial, 0
-        else:
-            in_vain += 1
-    if in_vain >= PATIENCE and misses(after):
-        log(f"  stopped: {PATIENCE} ops in a row did not help")
-    return chosen, path, after, {"tried": tried, "stopped_in_vain": in_vain >= PATIENCE,
-                                 "sensitivity": [{"op": op, "mean_abs_prob_diff_when_float": round(sc, 6)}
-                                                 for sc, op in scores[: 2 * cap]]}

@@ -19,15 +19,15 @@ import tempfile
 from pathlib import Path
 
 from . import ranges
-from train.shared.scratch import prefix
+from runlib.scratch import prefix
 
 from .fallback import Search, measure
-from .stages import Stages
+from .stopwatch import Stopwatch
 
 
 def export_int8(fmt, ctx, path):
     """Write the int8 file of format class `fmt` to `path`; returns its manifest fields."""
-    stages = Stages()
+    stages = Stopwatch()
     with tempfile.TemporaryDirectory(prefix=prefix(f"int8-{fmt.__name__}")) as work:
         work = Path(work)
         f = fmt(ctx, work)
@@ -44,9 +44,7 @@ def export_int8(fmt, ctx, path):
         f, full, correction = bias_correction(fmt, ctx, work, f, method, full)
         if correction.get("tried"):
             stages.lap("bias correction")
-        search = Search(f.quantize, f.candidates(full[0]), ctx.validation, ctx.budget, work, ctx.log, f.suffix,
-                        compact=f.compact)
-        chosen, fallback = search.run(full)
+        chosen, fallback = Search(f, f.candidates(full[0]), ctx.validation, ctx.budget, work, ctx.log).run(full)
         f.finish(chosen, path)
         stages.lap("fallback")
     return {"calibration_images": len(ctx.calibration), "activation_ranges": ranges_record,

@@ -18,7 +18,7 @@ def _metadata(model_proto, ctx):
 
 def convert_float(model, size):
     """tf2onnx over a Keras model: the float ModelProto (the export Context caches the run's)."""
-    from train.shared.tf_setup import import_tensorflow
+    from runlib.tf_setup import import_tensorflow
 
     tf = import_tensorflow()  # quietly, before tf2onnx loads it
     import tf2onnx

@@ -6,7 +6,7 @@ import copy
 
 import numpy as np
 
-from train.shared.progress import Progress
+from runlib.progress import Progress
 
 from . import ranges
 

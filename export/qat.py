@@ -13,7 +13,7 @@ import time
 
 import numpy as np
 
-from train.shared.tf_setup import import_tensorflow
+from runlib.tf_setup import import_tensorflow
 
 import_tensorflow()  # quietly, before tfmot loads it
 import tensorflow_model_optimization as tfmot  # noqa: E402
@@ -21,9 +21,9 @@ import tf_keras as keras  # noqa: E402
 from tensorflow_model_optimization.python.core.quantization.keras.default_8bit import default_8bit_quantize_registry  # noqa: E402
 
 from train.data import cache_in_memory  # noqa: E402
-from train.pipeline import dataset  # noqa: E402
+from train.pipeline import Images, dataset  # noqa: E402
 
-from .stages import Stages  # noqa: E402
+from .stopwatch import Stopwatch  # noqa: E402
 
 
 def annotate(model, fold_bn=True):
@@ -87,7 +87,8 @@ def calibrate_ranges(qat, model, pixels, batch=16, input_range=(0.0, 255.0)):
                 probes.append((lo, hi, src.output, None))
     if not probes:
         return 0
-    import tensorflow as tf
+    from runlib.tf_setup import import_tensorflow
+    tf = import_tensorflow()
 
     # every tensor's min and max reduced in the graph: only two numbers per tensor leave it, where
     # fetching the activations themselves to numpy took most of this step's time on ResNet-50
@@ -131,7 +132,8 @@ class Distilled(keras.Model):
         return self.student(x, training=training)
 
     def _loss_and_agreement(self, data, training):
-        import tensorflow as tf
+        from runlib.tf_setup import import_tensorflow
+        tf = import_tensorflow()
 
         x, y, weight = keras.utils.unpack_x_y_sample_weight(data)
         teacher = tf.stop_gradient(self.teacher(x, training=False))
@@ -147,7 +149,8 @@ class Distilled(keras.Model):
         return tf.reduce_mean(per), agree
 
     def train_step(self, data):
-        import tensorflow as tf
+        from runlib.tf_setup import import_tensorflow
+        tf = import_tensorflow()
 
         with tf.GradientTape() as tape:
             loss, agree = self._loss_and_agreement(data, True)
@@ -163,7 +166,7 @@ class Distilled(keras.Model):
 def quantization_aware_model(ctx):
     """The run's model with fake-quant nodes, fine-tuned a few epochs on its training split to agree with
     the float model (Distilled), or on the labels alone (ctx.qat_labels 1)."""
-    start, stages = time.time(), Stages()
+    start, stages = time.time(), Stopwatch()
     cfg = ctx.config
     qat, skipped = quantize(ctx.model)
     stages.lap("fake-quant model")
@@ -179,9 +182,10 @@ def quantization_aware_model(ctx):
         index = {c: i for i, c in enumerate(ctx.class_names)}
         val = ctx.subset("val")
         cache = cache_in_memory(len(ctx.subset("train")) + len(val), cfg["image_size"], cfg.get("cache_limit_gb", 2.0))
-        train_ds = dataset(ctx.data_root, ctx.subset("train"), index, cfg["image_size"], cfg["batch_size"],
+        train_ds = dataset(Images(ctx.data_root, ctx.subset("train"), index, cfg["image_size"]), cfg["batch_size"],
                            training=True, seed=cfg["seed"], cache=cache)
-        val_ds = dataset(ctx.data_root, val, index, cfg["image_size"], cfg["batch_size"], cache=cache) if val else None
+        val_ds = (dataset(Images(ctx.data_root, val, index, cfg["image_size"]), cfg["batch_size"], cache=cache)
+                  if val else None)
         weights = {index[c]: w for c, w in cfg["class_weights"].items()} if cfg.get("class_weights") else None
         ctx.log(f"  quantization-aware fine-tuning: {ctx.qat_epochs} epoch(s) on {len(ctx.subset('train'))} images, "
                 + ("the labels only" if ctx.qat_labels >= 1 else "distilled from the float model"

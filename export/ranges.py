@@ -37,8 +37,7 @@ def candidates(method):
     if method != "auto":
         parse(method)
         return [method]
-    # p99.99 only for the whole network: from 25, 50 or 75% on it did worse than p99.9 in both formats
-    # and than p99.99 for the whole network (docs/export.md)
+    # p99.99 only for the whole network: docs/export.md has the runs that dropped its later starting points
     return ["minmax", "p99.99"] + [f"p99.9@{s:g}" if s else "p99.9" for s in FROM]
 
 

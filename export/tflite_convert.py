@@ -5,7 +5,7 @@ TensorFlow is imported inside each converter so the variant table stays cheap to
 
 
 def _tf():
-    from train.shared.tf_setup import import_tensorflow
+    from runlib.tf_setup import import_tensorflow
 
     return import_tensorflow()  # quietly: TensorFlow's start-up chatter stays off the terminal
 
@@ -21,7 +21,7 @@ def _run_converter(ctx):
 
 def _convert(converter, what):
     """converter.convert(), saying it is still at work: a ResNet-50 takes tens of seconds."""
-    from train.shared.progress import heartbeat
+    from runlib.progress import heartbeat
 
     with heartbeat("export", what):
         return converter.convert()
@@ -120,7 +120,7 @@ class TFLiteInt8:
         tf = _tf()  # first: the import below would load TensorFlow loudly
         from tensorflow.lite.python.convert import mlir_quantize
 
-        from train.shared.tf_setup import quiet_fds
+        from runlib.tf_setup import quiet_fds
 
         with quiet_fds():  # it prints "fully_quantize: 0, inference_type: 6, ..." on every call
             flatbuffer = mlir_quantize(model, input_data_type=tf.uint8, output_data_type=tf.uint8,
@@ -174,7 +174,7 @@ def qat_int8(ctx, path):
     from .qat import quantization_aware_model
 
     qat_model, info = quantization_aware_model(ctx)
-    stages = info["stage_seconds"]  # a Stages: its laps so far are QAT's own
+    stages = info["stage_seconds"]  # a Stopwatch: its laps so far are QAT's own
     # the activation ranges come from the QAT model's fake-quant nodes; the converter still asks for
     # representative images; a few dozen give the same file as hundreds (docs/export.md), in less time
     out = _full_integer(qat_model, ctx, path, images=ctx.calibration[:QAT_CONVERTER_IMAGES])

@@ -53,8 +53,11 @@ class _Writer:
         return b.EndObject()
 
 
-def metadata_flatbuffer(class_names, size, name, description, version, author, input_description):
-    """The ModelMetadata flatbuffer bytes for a single-input, single-output image classifier."""
+def metadata_flatbuffer(class_names, size, text):
+    """The ModelMetadata flatbuffer bytes for a single-input, single-output image classifier. text: its
+    "name", "description", "version", "author" and "input" (the input's description)."""
+    name, description, version, author, input_description = (text[k] for k in ("name", "description", "version",
+                                                                                 "author", "input"))
     w = _Writer()
     h, wd = size
     # input: an RGB image, values 0..255, no normalisation outside the model
@@ -104,14 +107,17 @@ def with_metadata(model_bytes, metadata, class_names):
     return out.getvalue()
 
 
-def add_metadata(path, class_names, size, name, description, version, author="image classifier export"):
+AUTHOR = "image classifier export"
+
+
+def add_metadata(path, class_names, size, name, description, version):
     """Rewrite the .tflite file at `path` (in place) with image-classifier metadata and its labels."""
     with open(path, "rb") as f:
         model = f.read()
-    meta = metadata_flatbuffer(class_names, size, name, description, version, author,
-                               f"RGB image, the whole image stretched to {size[1]}x{size[0]} with antialiased "
-                               "bilinear resizing (Pillow's, as in training), raw pixel values 0..255; "
-                               "normalisation is inside the model")
+    meta = metadata_flatbuffer(class_names, size, {
+        "name": name, "description": description, "version": version, "author": AUTHOR,
+        "input": f"RGB image, the whole image stretched to {size[1]}x{size[0]} with antialiased bilinear resizing "
+                 "(Pillow's, as in training), raw pixel values 0..255; normalisation is inside the model"})
     with open(path, "wb") as f:
         f.write(with_metadata(model, meta, class_names))
 

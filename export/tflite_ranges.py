@@ -10,7 +10,7 @@ import os
 
 import numpy as np
 
-from train.shared.progress import Progress
+from runlib.progress import Progress
 
 from . import ranges
 

@@ -9,7 +9,7 @@ import pytest
 from benchmark.evaluate import accuracy, gate
 from edge_runtime.timing import summarize
 from conftest import assert_one_line_error, run_cli
-from train.shared.metrics import agreement, classification_metrics, top_k_accuracy
+from runlib.metrics import agreement, classification_metrics, top_k_accuracy
 
 FAST = ["--min-runs", "3", "--min-seconds", "0", "--warmup", "1", "--batch", "4"]
 
@@ -128,7 +128,7 @@ def test_benchmark_reports_every_variant(tiny_export):
 @pytest.fixture
 def run_copy(tiny_export, tmp_path):
     """A copy of the tiny run with its own copy of the images, safe to break."""
-    from train.shared.run_folder import Run
+    from runlib.run_folder import Run
 
     dst = Run(tmp_path / "run")
     shutil.copytree(tiny_export.path, dst.path)
@@ -148,7 +148,8 @@ def test_gate_failure_names_the_variant_and_exits_1(run_copy):
     proc = run_cli(*args)
     assert proc.returncode == 1, proc.stderr[-2000:]
     err = [l for l in proc.stderr.splitlines() if l.startswith("error:")]
-    assert len(err) == 1 and "tflite-int8" in err[0] and "checksum mismatch" in err[0] and "tflite-fp32" not in err[0].split("(")[0]
+    assert (len(err) == 1 and "tflite-int8" in err[0] and "checksum mismatch" in err[0]
+            and "tflite-fp32" not in err[0].split("(")[0])
     assert run_cli(*args, "--no-gate").returncode == 0
 
 
@@ -177,7 +178,8 @@ def test_changed_or_missing_test_images_are_refused(run_copy):
 def test_no_export_and_bad_options_are_refused(run_copy):
     shutil.rmtree(run_copy.export_dir)
     assert_one_line_error(run_cli("-m", "benchmark", "--run", str(run_copy.path)), "no export yet", "make export")
-    assert_one_line_error(run_cli("-m", "benchmark", "--run", str(run_copy.path), "--variants", "tflite-int3"), "tflite-int3")
+    assert_one_line_error(run_cli("-m", "benchmark", "--run", str(run_copy.path), "--variants", "tflite-int3"),
+                          "tflite-int3")
     assert_one_line_error(run_cli("-m", "benchmark", "--run", str(run_copy.path), "--min-agreement", "2"), "--min-agreement")
 
 
@@ -233,7 +235,7 @@ def _measured(name, p50, top1, size, fmt="tflite", agreement=1.0):
 
 def test_point_labels_never_overlap():
     from benchmark.report import _place_labels, _text_box
-    from train.shared.plots import plt
+    from runlib.plots import plt
 
     rows = [_measured(f"variant-{i}", 4.0 + 0.01 * i, 0.95, 90.0) for i in range(7)]  # seven points on one spot
     fig, ax = plt.subplots(figsize=(8, 5.5))
@@ -332,7 +334,8 @@ def test_the_report_names_every_op_the_fallback_kept_float_and_its_cost():
     assert fallback_section([{"variant": "tflite-fp32"}]) == []
     # what bias correction did (export/int8.py's record) is said beside the fallback, kept or not
     row["bias_correction"] = {"tried": True, "kept": True, "layers": 27, "images": 200,
-                              "validation_plain": {"top1_change_points": 0.8, "agreement": 0.96, "mean_abs_prob_diff": 0.0053},
+                              "validation_plain": {"top1_change_points": 0.8, "agreement": 0.96,
+                                                   "mean_abs_prob_diff": 0.0053},
                               "validation_corrected": {"top1_change_points": 0.0, "agreement": 0.984,
                                                        "mean_abs_prob_diff": 0.0016}}
     text = "\n".join(fallback_section([row]))

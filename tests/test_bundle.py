@@ -15,7 +15,7 @@ def test_bundle_holds_the_model_the_runtime_wheel_references_and_only_its_requir
     import shutil
     import zipfile
 
-    from train.shared.run_folder import Run
+    from runlib.run_folder import Run
 
     run = Run(tmp_path / tiny_export.path.name)  # without whatever benchmark another test ran
     shutil.copytree(tiny_export.path, run.path, ignore=shutil.ignore_patterns("benchmark"))
@@ -75,15 +75,16 @@ def test_default_candidates_are_the_measured_files_that_passed(tmp_path):
 
 
 def test_bundle_errors_are_one_line(tiny_export, tmp_path):
-    proc = run_cli("-m", "export.bundle", "--run", str(tiny_export.path), "--variant", "tflite-int4", "--dist", str(tmp_path))
+    proc = run_cli("-m", "edgeclf", "bundle", "--run", str(tiny_export.path), "--variant", "tflite-int4",
+                   "--dist", str(tmp_path))
     assert_one_line_error(proc, "tflite-int4", "unknown variant")
-    proc = run_cli("-m", "export.bundle", "--run", str(tmp_path / "nope"), "--dist", str(tmp_path))
+    proc = run_cli("-m", "edgeclf", "bundle", "--run", str(tmp_path / "nope"), "--dist", str(tmp_path))
     assert_one_line_error(proc, "does not exist")
     import shutil
 
     unmeasured = tmp_path / "unmeasured"  # the tiny run without whatever benchmark another test ran
     shutil.copytree(tiny_export.path, unmeasured, ignore=shutil.ignore_patterns("benchmark"))
-    proc = run_cli("-m", "export.bundle", "--run", str(unmeasured), "--dist", str(tmp_path))
+    proc = run_cli("-m", "edgeclf", "bundle", "--run", str(unmeasured), "--dist", str(tmp_path))
     assert_one_line_error(proc, "no benchmark report", "VARIANT=")
 
 
@@ -116,7 +117,8 @@ def test_bundle_runs_in_a_fresh_venv_without_tensorflow(tiny_export, tmp_path):
     expected = Classifier(tiny_export.export_dir / "model-int8.tflite").predict(str(bundle / "photo.jpg"), top_k=3)
     assert [t["label"] for t in top] == [l for l, _ in expected]
     assert [t["probability"] for t in top] == pytest.approx([p for _, p in expected], abs=1e-6)
-    info = subprocess.run([py, "-m", "edge_runtime", "info", "model-int8.tflite"], cwd=bundle, capture_output=True, text=True)
+    info = subprocess.run([py, "-m", "edge_runtime", "info", "model-int8.tflite"],
+                          cwd=bundle, capture_output=True, text=True)
     assert info.returncode == 0 and json.loads(info.stdout)["checksum_verified"] is True
 
 
@@ -126,7 +128,7 @@ def test_bundle_checks_itself_selects_and_serves_on_an_emulated_raspberry_pi(tin
     """make pi-check: the bundle's own requirements installed for aarch64, then selfcheck, select and serve
     run under qemu. Where this machine cannot run the emulation at all (not root, no apt-get, no Debian
     mirror) it says why on one line and the test skips."""
-    proc = run_cli("-m", "benchmark.pi_check", "--run", str(tiny_export.path), "--variant", variant,
+    proc = run_cli("-m", "edgeclf", "pi-check", "--run", str(tiny_export.path), "--variant", variant,
                    "--dist", str(tmp_path), "--cache", str(REPO / ".pi"), timeout=3600)
     if proc.returncode == 3:
         pytest.skip(proc.stderr.strip().splitlines()[-1])
@@ -142,7 +144,7 @@ def test_bundle_checks_itself_selects_and_serves_on_an_emulated_raspberry_pi(tin
 
 
 def test_pi_check_says_in_one_line_why_this_machine_cannot_run_it(monkeypatch):
-    import benchmark.pi_check as pc
+    import checks.pi_check as pc
 
     monkeypatch.setattr(pc.shutil, "which", lambda name: "/usr/bin/apt-get" if name == "apt-get" else None)
     monkeypatch.setattr(pc.os, "geteuid", lambda: 1000)
@@ -155,7 +157,7 @@ def test_pi_check_says_in_one_line_why_this_machine_cannot_run_it(monkeypatch):
 
 def test_pi_check_fails_naming_a_requirement_with_no_aarch64_wheel(tmp_path):
     """Not installing for aarch64 is a failure of the bundle (exit 1), not an unavailable check (exit 3)."""
-    import benchmark.pi_check as pc
+    import checks.pi_check as pc
 
     bundle = tmp_path / "bundle"
     bundle.mkdir()

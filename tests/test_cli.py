@@ -7,10 +7,10 @@ import subprocess
 import pytest
 
 from conftest import REPO, assert_one_line_error, run_cli
-from train.shared.options import COMMANDS, NOTSET, defaults
+from runlib.options import COMMANDS, NOTSET, defaults
 
 
-def help_text(*command, module="train.cli"):
+def help_text(*command, module="edgeclf.cli"):
     proc = run_cli("-m", module, *command, "--help")
     assert proc.returncode == 0, proc.stderr
     return proc.stdout
@@ -42,7 +42,7 @@ def test_the_code_reads_its_defaults_from_the_definitions():
     from edge_runtime.timing import DEFAULTS as TIMING
     from export.fallback import Budget
     from train import config
-    from train.shared.metrics import PARITY
+    from runlib.metrics import PARITY
 
     export, bench = defaults("export"), defaults("benchmark")
     b = Budget()
@@ -90,12 +90,13 @@ def test_every_make_variable_the_definitions_name_is_in_the_makefile():
     for command, options in COMMANDS.items():
         for o in options:
             if o.make:
-                assert re.search(rf"\$\(call (opt|flag),{re.escape(o.flags[0])},\$\({o.make}\)\)", makefile), (command, o.make)
+                assert re.search(rf"\$\(call (opt|flag),{re.escape(o.flags[0])},\$\({o.make}\)\)", makefile), (
+                    command, o.make)
 
 
 def test_recipes_are_read_and_flags_override_them(tmp_path):
     from edge_runtime.errors import InputError
-    from train.shared.options import collect
+    from runlib.options import collect
 
     recipe = tmp_path / "recipe.toml"
     recipe.write_text('backbone = "mobilenet"\nalpha = 0.25\nimage_size = 96\n[export]\ncalibration_images = 50\n')
@@ -114,7 +115,7 @@ def test_recipes_are_read_and_flags_override_them(tmp_path):
 def test_a_runs_config_is_a_recipe_that_reproduces_it(tiny_run, tmp_path):
     """train --config runs/x/config.json --run runs/y: the same options, so the same config (bar run-specific
     records), and a flag given beside it wins."""
-    from train.shared.options import read_config
+    from runlib.options import read_config
     from train import config
 
     recorded = tiny_run.config()
@@ -124,7 +125,7 @@ def test_a_runs_config_is_a_recipe_that_reproduces_it(tiny_run, tmp_path):
     for key in ("backbone", "alpha", "image_size", "epochs_head", "epochs_finetune", "lr", "lr_finetune", "batch_size",
                 "augment", "seed", "weights", "train_bn", "schedule", "warmup_epochs", "clip_norm"):
         assert again[key] == recorded[key], key
-    proc = run_cli("-m", "train.cli", "train", "--config", str(tiny_run.config_file), "--run", str(tiny_run.path))
+    proc = run_cli("-m", "edgeclf.cli", "train", "--config", str(tiny_run.config_file), "--run", str(tiny_run.path))
     assert_one_line_error(proc, "already finished")  # the recipe names no run: --run decides, and it is taken
     assert config.resolve({**recipe, "seed": 7}, demo=False)["seed"] == 7
 
@@ -136,7 +137,7 @@ def test_the_api_takes_keywords_and_returns_results(tiny_export):
     import export
     import train
     from edge_runtime.errors import InputError
-    from train.shared.results import ExportResult
+    from runlib.results import ExportResult
 
     for fn in (train.train, export.export, benchmark.benchmark):
         assert "edgeclf" in inspect.getdoc(fn)

@@ -205,7 +205,8 @@ def test_select_does_not_choose_a_candidate_that_is_slower_here(tmp_path):
     assert sel["choice"] == {"1": "light", "all": "light"}
     assert sel["machine"] == signature() and sel["cpu_flags"] == signature()["cpu_flags"]
     f = sel["figures"]
-    assert f["light"]["1"]["p50_ms"] < f["heavy"]["1"]["p50_ms"] and f["light"]["all"]["p50_ms"] < f["heavy"]["all"]["p50_ms"]
+    assert f["light"]["1"]["p50_ms"] < f["heavy"]["1"]["p50_ms"]
+    assert f["light"]["all"]["p50_ms"] < f["heavy"]["all"]["p50_ms"]
     assert "selected: light" in proc.stdout and "| light ◀ 1 thread" in proc.stdout
     after = edge("predict", str(img), cwd=bundle)
     assert after.returncode == 0 and "light.tflite (light): fastest on this machine" in after.stderr
@@ -239,20 +240,20 @@ def test_device_commands_answer_bad_input_in_one_line(tmp_path):
 
 @pytest.fixture
 def big_jpeg():
-    from benchmark.serve_check import big_jpeg
+    from checks.serve_check import big_jpeg
 
     return big_jpeg()
 
 
 def test_service_answers_like_predict_and_every_bad_request_with_its_status(tiny_export, tmp_path, big_jpeg):
-    from benchmark.serve_check import Service, at_once, multipart, request
+    from checks.serve_check import ServiceProcess, at_once, multipart, request
 
     model = tiny_export.export_dir / "model-int8.tflite"
     good = tmp_path / "g.jpg"
     make_image(COLOURS[2], 80, seed=3).save(good, quality=90)
     data = good.read_bytes()
     expected = [{"label": l, "probability": p} for l, p in Classifier(model, threads=1).predict(data, top_k=2)]
-    svc = Service(tiny_export.export_dir, "--model", str(model), "--max-bytes", "2000000", "--workers", "1",
+    svc = ServiceProcess(tiny_export.export_dir, "--model", str(model), "--max-bytes", "2000000", "--workers", "1",
                   "--queue", "1", "--timeout", "20")
     try:
         p = svc.port
@@ -260,7 +261,8 @@ def test_service_answers_like_predict_and_every_bad_request_with_its_status(tiny
         assert status == 200 and body["top_k"] == expected and body["variant"] == "tflite-int8"
         status, body = request(p, "POST", "/v1/classify?top_k=2", *multipart(data))
         assert status == 200 and body["top_k"] == expected
-        for args, code, kind in [((data[:300], "image/jpeg"), 422, "bad_image"), ((b"plain text", "image/png"), 422, "bad_image"),
+        for args, code, kind in [((data[:300], "image/jpeg"), 422, "bad_image"),
+                                  ((b"plain text", "image/png"), 422, "bad_image"),
                                  ((data, "text/plain"), 415, "unsupported_type"), ((b"", "image/jpeg"), 400, "empty"),
                                  ((b"x" * 2_000_001, "image/jpeg"), 413, "too_large"),
                                  ((b"--nope\r\n", "multipart/form-data"), 400, "bad_form")]:
@@ -289,17 +291,19 @@ def test_service_answers_like_predict_and_every_bad_request_with_its_status(tiny
 
 
 def test_service_finishes_requests_in_flight_on_sigterm(tiny_export, big_jpeg):
-    from benchmark.serve_check import Service, graceful
+    from checks.serve_check import ServiceProcess, graceful
 
-    svc = Service(tiny_export.export_dir, "--model", str(tiny_export.export_dir / "model-fp32.tflite"), "--workers", "1")
+    svc = ServiceProcess(tiny_export.export_dir, "--model", str(tiny_export.export_dir / "model-fp32.tflite"),
+                         "--workers", "1")
     r = graceful(svc, big_jpeg, count=3)
     assert r["answered"] == [200, 200, 200] and r["exit_code"] == 0 and r["said_stopped"]
 
 
 def test_service_drops_a_client_that_stalls_and_one_that_vanishes(tiny_export):
-    from benchmark.serve_check import Service, raw_exchange, request
+    from checks.serve_check import ServiceProcess, raw_exchange, request
 
-    svc = Service(tiny_export.export_dir, "--model", str(tiny_export.export_dir / "model-int8.tflite"), "--timeout", "2")
+    svc = ServiceProcess(tiny_export.export_dir, "--model", str(tiny_export.export_dir / "model-int8.tflite"),
+                         "--timeout", "2")
     try:
         head = b"POST /v1/classify HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\nContent-Length: 5000\r\n\r\n"
         for _ in range(5):
@@ -373,7 +377,7 @@ def test_watch_killed_mid_run_never_writes_an_image_twice(tiny_export, tmp_path)
     cmd = [sys.executable, "-m", "edge_runtime", "watch", str(folder), "--model", model, "--interval", "0.05",
            "--settle", "1", "--duration", "60"]
     kills = 0
-    for attempt in range(4):  # bounded: killed with SIGKILL as soon as it has written something new
+    for _attempt in range(4):  # bounded: killed with SIGKILL as soon as it has written something new
         before = len(out.read_text().splitlines()) if out.exists() else 0
         if before >= 60:
             break

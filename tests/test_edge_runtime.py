@@ -227,6 +227,7 @@ def test_tuned_settings_apply_only_on_the_same_kind_of_cpu():
 
     here = {"runtime_settings": {"v": {"settings": {"xnnpack": False}, "machine": signature()}}}
     assert tuned_settings("v", here) == ({"xnnpack": False}, "fastest measured on this kind of CPU")
-    elsewhere = {"runtime_settings": {"v": {"settings": {"xnnpack": False}, "machine": {"arch": "aarch64", "cpu_flags": ["asimd"]}}}}
+    elsewhere = {"runtime_settings": {"v": {"settings": {"xnnpack": False},
+                                                       "machine": {"arch": "aarch64", "cpu_flags": ["asimd"]}}}}
     assert tuned_settings("v", elsewhere)[0] == {}
     assert tuned_settings("w", here)[0] == {} and tuned_settings(None, None)[0] == {}

@@ -8,6 +8,7 @@ import pytest
 from conftest import assert_one_line_error, run_cli
 from edge_runtime import Classifier, load_batch
 from export.variants import VARIANTS
+from runlib.options import resolve
 
 
 def test_every_variant_loads_in_edge_runtime_and_gives_probabilities(tiny_export):
@@ -96,7 +97,7 @@ def test_a_failing_converter_leaves_the_others_and_the_manifest_consistent(tiny_
 
     table = [dataclasses.replace(v, convert=broken) if v.name == "tflite-dynamic" else v
              for v in VARIANTS if v.name in ("tflite-dynamic", "tflite-fp32")]
-    manifest, failed = export_run(tiny_export, variants=table, smoke_images=4)
+    manifest, failed = export_run(tiny_export, resolve("export", {"smoke_images": 4}), variants=table)
     assert failed == ["tflite-dynamic"]
     assert good.read_bytes() == before, "the earlier good file survives a failed re-export"
     entry = manifest["variants"]["tflite-dynamic"]
@@ -110,7 +111,7 @@ def test_a_failing_converter_leaves_the_others_and_the_manifest_consistent(tiny_
 def test_a_variant_that_never_worked_is_marked_failed(tiny_run, tmp_path):
     import shutil
     from export.exporter import export_run
-    from train.shared.run_folder import Run
+    from runlib.run_folder import Run
 
     run = Run(tmp_path / "copy")
     shutil.copytree(tiny_run.path, run.path, ignore=shutil.ignore_patterns("export", "checkpoints", "logs"))
@@ -141,7 +142,8 @@ def test_a_variant_that_never_worked_is_marked_failed(tiny_run, tmp_path):
 
     nan, shuffled = broken(nan_output), broken(renamed_classes)
     for convert, message in ((nan, "NaN"), (shuffled, "agrees with the Keras model on only")):
-        manifest, failed = export_run(run, variants=[dataclasses.replace(fp32, convert=convert)], smoke_images=8)
+        manifest, failed = export_run(run, resolve("export", {"smoke_images": 8}),
+                                      [dataclasses.replace(fp32, convert=convert)])
         assert failed == ["tflite-fp32"]
         entry = manifest["variants"]["tflite-fp32"]
         assert entry["status"] == "failed" and message in entry["error"], entry
@@ -191,8 +193,8 @@ def test_a_uint8_input_cast_changes_no_output(tiny_export, tmp_path):
     cls = Classifier(cast, settings={}, labels=["blue", "green", "red"], verify=False)
     assert cls.input.dtype == "uint8"
     assert np.array_equal(a, cls.probabilities(pixels))
-    # the twin benchmark/cast_cost.py times it against: the Cast taken out again, float32 in, the same outputs
-    from benchmark.cast_cost import without_cast
+    # the twin checks/cast_cost.py times it against: the Cast taken out again, float32 in, the same outputs
+    from checks.cast_cost import without_cast
 
     twin = tmp_path / "twin.onnx"
     onnx.save(without_cast(onnx.load(str(cast))), str(twin))
@@ -217,8 +219,10 @@ def test_a_background_conversion_that_fails_says_why_in_the_parent(tmp_path):
 
     from export.background import Job
     from export.variants import BY_NAME
+    from runlib.options import resolve
 
-    ctx = SimpleNamespace(run=SimpleNamespace(path=tmp_path / "no-such-run"), options={}, scratch=[],
+    ctx = SimpleNamespace(run=SimpleNamespace(path=tmp_path / "no-such-run"),
+                          export_config=resolve("export", {}), scratch=[],
                           source_sha256="0" * 64)
     job = Job(BY_NAME["tflite-qat-int8"], ctx)
     assert ctx.scratch == [job.dir]
@@ -286,9 +290,9 @@ def test_every_export_option_reaches_the_exporters_context(tiny_run, monkeypatch
 
     seen = {}
 
-    def capture(run, variants=None, **ctx_options):
-        ctx = exporter.Context(run, **ctx_options)
-        seen.update(vars(ctx))
+    def capture(run, config, variants=None):
+        ctx = exporter.Context(run, config)
+        seen.update(vars(ctx), budget=ctx.budget)
         return {"variants": {}}, []
 
     monkeypatch.setattr(exporter, "export_run", capture)

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from export.fallback import Budget
-from train.shared.metrics import mcnemar_p, paired_delta_interval, parity_misses, wilson_interval
+from runlib.metrics import mcnemar_p, paired_delta_interval, parity_misses, wilson_interval
 
 SIZE = 8
 
@@ -223,7 +223,7 @@ def test_the_int8_softmax_computes_in_float_from_the_logits(tmp_path):
     tflite_convert.int8(context(model, Budget(enabled=False), tmp_path), out)
     interp = _tflite_interpreter_class()(model_path=str(out))
     kinds = {d["index"]: d["dtype"] for d in interp.get_tensor_details()}
-    ops = {op["op_name"]: kinds[op["outputs"][0]] for op in interp._get_ops_details()}
+    ops = {op["op_name"]: kinds[op["outputs"][0]] for op in interp._get_ops_details()}  # noqa: SLF001  no public op list
     assert ops["SOFTMAX"] == np.float32 and ops["CONV_2D"] == np.int8, ops
     assert interp.get_output_details()[0]["dtype"] == np.uint8  # the file's interface stays integer
 
@@ -232,7 +232,7 @@ def test_tflite_ranges_match_the_calibrator_only_narrow_and_always_hold_zero():
     from tensorflow.lite.python import schema_py_generated as schema
 
     from export import tflite_ranges
-    from train.shared.tf_setup import import_tensorflow
+    from runlib.tf_setup import import_tensorflow
 
     tf = import_tensorflow()
     model = outlier_model()
@@ -241,7 +241,7 @@ def test_tflite_ranges_match_the_calibrator_only_narrow_and_always_hold_zero():
     imgs = colour_images(20, 3)
     imgs[0, 0, 0] = 255
     c.representative_dataset = lambda: ([img[None].astype(np.float32)] for img in imgs)
-    c._experimental_calibrate_only = True
+    c._experimental_calibrate_only = True  # noqa: SLF001  the calibrate-only converter mode has no public switch
     by_tflite = c.convert()
     calibrated, samples = tflite_ranges.observe(by_tflite, imgs)
     before = schema.ModelT.InitFromPackedBuf(bytearray(calibrated), 0)
@@ -268,7 +268,7 @@ def test_tflite_ranges_of_a_residual_branch_are_its_own_not_the_sums():
     from tensorflow.lite.python import schema_py_generated as schema
 
     from export import tflite_ranges
-    from train.shared.tf_setup import import_tensorflow
+    from runlib.tf_setup import import_tensorflow
 
     tf = import_tensorflow()
     inp = keras.Input((SIZE, SIZE, 3), name="image")
@@ -286,7 +286,7 @@ def test_tflite_ranges_of_a_residual_branch_are_its_own_not_the_sums():
     c = tf.lite.TFLiteConverter.from_keras_model(model)
     c.optimizations = [tf.lite.Optimize.DEFAULT]
     c.representative_dataset = lambda: ([img[None].astype(np.float32)] for img in images[:1])
-    c._experimental_calibrate_only = True
+    c._experimental_calibrate_only = True  # noqa: SLF001  the calibrate-only converter mode has no public switch
     calibrated, _ = tflite_ranges.observe(c.convert(), images)
     m = schema.ModelT.InitFromPackedBuf(bytearray(calibrated), 0)
     branch = [t.quantization.max[0] for i, t in enumerate(m.subgraphs[0].tensors)
@@ -324,8 +324,8 @@ def test_search_finds_the_shortest_float_tail_by_bisection(needed, tmp_path, mon
 
     monkeypatch.setattr(fallback, "Classifier", FakeClassifier)
     monkeypatch.setattr(fallback, "_p50_ms", lambda *a: 1.0)
-    path, record = fallback.search(quantize, ops, (np.zeros((50, 1)), labels, ref), Budget(), tmp_path, print, ".json",
-                                   compact=compact)
+    fmt = types.SimpleNamespace(quantize=quantize, suffix=".json", compact=compact)
+    path, record = fallback.Search(fmt, ops, (np.zeros((50, 1)), labels, ref), Budget(), tmp_path, print).run()
     if needed <= 10:
         assert record["met_budget"] and record["kept_float"] == ops[40 - needed:]
         assert json.loads(open(path).read()) == ops[40 - needed:]  # the written file is the one measured
@@ -363,14 +363,15 @@ def test_single_ops_when_no_tail_within_the_cap_helps(tmp_path, monkeypatch):
     monkeypatch.setattr(fallback, "Classifier", FakeClassifier)
     monkeypatch.setattr(fallback, "_p50_ms", lambda *a: 1.0)
     ops = [f"op{i:02d}" for i in range(40)]  # cap 10
-    path, record = fallback.search(quantize, ops, (np.zeros((50, 1)), labels, ref), Budget(), tmp_path, print, ".json")
+    fmt = types.SimpleNamespace(quantize=quantize, suffix=".json", compact=None)
+    path, record = fallback.Search(fmt, ops, (np.zeros((50, 1)), labels, ref), Budget(), tmp_path, print).run()
     assert set(record["kept_float"]) == {"op07", "op09"} and record["strategy"] == "single ops"
     assert record["single_ops"]["tried"] == 2 + fallback.PATIENCE and record["single_ops"]["stopped_in_vain"]
     assert json.loads(open(path).read()) == ["op07", "op09"] and not record["met_budget"]
 
     # when ranking would take too long, it is skipped and said so
-    path, record = fallback.search(quantize, ops, (np.zeros((50, 1)), labels, ref), Budget(seconds=0.0), tmp_path,
-                                   print, ".json")
+    path, record = fallback.Search(fmt, ops, (np.zeros((50, 1)), labels, ref), Budget(seconds=0.0), tmp_path,
+                                   print).run()
     assert "skipped" in record["single_ops"] and record["strategy"] == "tail"
 
 

@@ -5,9 +5,9 @@ import json
 import pytest
 
 from conftest import LEEDS, MOBILENET_WEIGHTS, REPO, run_cli
-from train.shared.run_folder import Run
+from runlib.run_folder import Run
 
-# Measured with `python -m train.ablation` (README): the default recipe at 224 px gives test top-1
+# Measured with `python -m checks.ablation` (README): the default recipe at 224 px gives test top-1
 # 0.987 ± 0.005 over seeds 0, 1, 2 (0.984, 0.984, 0.992; 125 test images each). The floor sits more than
 # four of the earlier recipe's spreads (0.008) below the mean, so seed noise does not trip it, while a
 # recipe that stopped converging (the old one: 0.912) does.
@@ -34,7 +34,7 @@ def test_default_recipe_on_leeds_butterflies(tmp_path):
     proc = run_cli("-m", "export", "--run", str(run), "--variants", "tflite-int8,onnx-int8", timeout=1800)
     assert proc.returncode == 0, proc.stderr[-3000:]
     for variant in ("tflite-int8", "onnx-int8"):
-        proc = run_cli("-m", "benchmark.pi_check", "--run", str(run), "--variant", variant,
+        proc = run_cli("-m", "edgeclf", "pi-check", "--run", str(run), "--variant", variant,
                        "--dist", str(tmp_path / "dist"), "--cache", str(REPO / ".pi"), timeout=3600)
         if proc.returncode == 3:
             pytest.skip(proc.stderr.strip().splitlines()[-1])

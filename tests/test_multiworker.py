@@ -10,7 +10,7 @@ import time
 import pytest
 
 from conftest import REPO, TINY_ARGS
-from train.shared.run_folder import Run
+from runlib.run_folder import Run
 
 pytestmark = pytest.mark.slow
 

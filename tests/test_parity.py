@@ -4,10 +4,9 @@ import re
 import shutil
 
 import numpy as np
-import pytest
 
 from conftest import run_cli
-from train.shared.run_folder import Run
+from runlib.run_folder import Run
 
 
 def one_hot(labels, classes, confidence=0.9):
@@ -21,7 +20,7 @@ def test_a_variant_that_drops_one_class_fails_the_per_class_gate_while_passing_o
     gains 2 elsewhere: agreement 0.983 and top-1 -0.3 points pass the overall budget; class 0's recall falls
     20 points with 3 images lost net, past the per-class budget (10 points and 2 images)."""
     from benchmark.evaluate import gate
-    from train.shared.metrics import agreement, class_parity
+    from runlib.metrics import agreement, class_parity
 
     rng = np.random.default_rng(0)
     y = np.concatenate([np.zeros(15, int), rng.integers(1, 10, 285)])
@@ -33,7 +32,8 @@ def test_a_variant_that_drops_one_class_fails_the_per_class_gate_while_passing_o
     variant_pred[wrong_for_keras] = y[wrong_for_keras]  # two gained elsewhere
     keras, variant = one_hot(keras_pred, 10), one_hot(variant_pred, 10)
     names = [f"c{i}" for i in range(10)]
-    row = {"variant": "v", "status": "ok", "top1_change_points": 100 * (np.mean(variant_pred == y) - np.mean(keras_pred == y)),
+    row = {"variant": "v", "status": "ok",
+           "top1_change_points": 100 * (np.mean(variant_pred == y) - np.mean(keras_pred == y)),
            **agreement(variant, keras), "class_parity": class_parity(y, variant, keras, names)}
     assert row["agreement"] >= 0.98 and row["top1_change_points"] > -1.0
     failures = gate([row])
@@ -103,11 +103,11 @@ def test_distilled_qat_is_gated_against_keras(tiny_export):
 
 def test_the_model_card_states_what_the_runs_json_says(tiny_export, tmp_path):
     """Generated from the JSON only: its figures are the JSON's."""
-    from train.shared.model_card import CARD
+    from runlib.model_card import CARD
 
     run = Run(tmp_path / "card")
     shutil.copytree(tiny_export.path, run.path, ignore=shutil.ignore_patterns("benchmark", "MODEL_CARD.md"))
-    proc = run_cli("-m", "train.cli", "benchmark", "--run", str(run.path), "--variants", "tflite-int8,onnx-int8",
+    proc = run_cli("-m", "edgeclf.cli", "benchmark", "--run", str(run.path), "--variants", "tflite-int8,onnx-int8",
                    "--no-gate", "--max-seconds", "1")  # the card is written whatever the gate says
     assert proc.returncode == 0, proc.stderr[-2000:]
     card = (run.path / CARD).read_text()

@@ -5,9 +5,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from benchmark.report import ceiling_section, cpu_flags, int8_ceiling, per_class_sections
+from benchmark.report import ceiling_section, int8_ceiling, per_class_sections
+from edge_runtime.machine import cpu_flags
 from train.data import cache_in_memory, decoded_bytes
-from train.shared.metrics import MATRIX_LIMIT, classification_metrics, most_confused, worst_recall
+from runlib.metrics import MATRIX_LIMIT, classification_metrics, most_confused, worst_recall
 
 
 def many_class_metrics(n=300, seed=0):
@@ -46,7 +47,7 @@ def test_a_300_class_report_shows_worst_classes_and_confused_pairs_not_300_rows(
 
 
 def test_a_300_class_confusion_figure_is_bar_charts_of_a_readable_size(tmp_path):
-    from train.shared.plots import confusion_matrices
+    from runlib.plots import confusion_matrices
 
     names, m = many_class_metrics()
     out = tmp_path / "cm.png"
@@ -89,7 +90,7 @@ def test_scale_check_runs_end_to_end_on_a_small_many_class_set(tmp_path):
     from conftest import run_cli
 
     run = tmp_path / "scale"
-    proc = run_cli("-m", "benchmark.scale_check", "--classes", "35", "--per-class", "10", "--data", str(tmp_path / "data"),
+    proc = run_cli("-m", "edgeclf", "scale-check", "--classes", "35", "--per-class", "10", "--data", str(tmp_path / "data"),
                    "--run", str(run), "--backbone", "mobilenet", "--batch-size", "32",
                    # float32: after 1 epoch from random weights on 35 classes the outputs can be nearly
                    # uniform, and an int8 file of such a model rounds them to ties (its export then fails

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from conftest import MOBILENET_WEIGHTS, TINY_ARGS, assert_one_line_error, run_cli
-from train.shared.run_folder import Run
+from runlib.run_folder import Run
 
 
 def test_run_folder_holds_everything_later_stages_need(tiny_run):
@@ -178,10 +178,10 @@ def test_interrupted_training_resumes_from_last_checkpoint(tmp_path, tiny_data, 
     assert saved_o and any(np.any(o != 0) for o in saved_o)
     # the resumed run starts from exactly those: the model's weights right after loading, and the
     # optimizer's variables right after restoring
-    from train import fit
+    from train import checkpoints
 
     seen = {}
-    load, restore = fit.Store.load_weights, callbacks.restore_optimizer
+    load, restore = checkpoints.Checkpoints.load_weights, callbacks.restore_optimizer
 
     def record_load(self, model, which="last"):
         load(self, model, which)
@@ -191,7 +191,7 @@ def test_interrupted_training_resumes_from_last_checkpoint(tmp_path, tiny_data, 
         restore(optimizer, model, values)
         seen.setdefault("optimizer", [v.numpy().copy() for v in optimizer.variables()])
 
-    monkeypatch.setattr(fit.Store, "load_weights", record_load)
+    monkeypatch.setattr(checkpoints.Checkpoints, "load_weights", record_load)
     monkeypatch.setattr(callbacks, "restore_optimizer", record_restore)
     monkeypatch.setattr(callbacks.EpochCheckpoint, "on_epoch_end", original)
     assert main(args) == 0
@@ -298,10 +298,10 @@ def test_the_saved_model_is_float32_whatever_the_precision(tmp_path, tiny_data, 
 def test_step_time_prints_one_row_per_precision_and_refuses_an_unknown_one():
     from conftest import assert_one_line_error, run_cli
 
-    proc = run_cli("-m", "benchmark.step_time", "--backbone", "mobilenet", "--image-size", "32", "--batch", "2",
+    proc = run_cli("-m", "checks.step_time", "--backbone", "mobilenet", "--image-size", "32", "--batch", "2",
                    "--precision", "float32,mixed_bfloat16", "--max-seconds", "1")
     assert proc.returncode == 0, proc.stderr
     rows = [l for l in proc.stdout.splitlines() if l.startswith("| ") and not l.startswith("| precision")]
     assert [r.split(" | ")[0] for r in rows] == ["| float32", "| mixed_bfloat16"]
     assert rows[0].split(" | ")[2] == "1.00" and "CPU flags:" in proc.stdout
-    assert_one_line_error(run_cli("-m", "benchmark.step_time", "--precision", "float64"), "--precision")
+    assert_one_line_error(run_cli("-m", "checks.step_time", "--precision", "float64"), "--precision")

@@ -16,7 +16,7 @@ import pytest
 from PIL import Image
 
 from conftest import COLOURS, REPO, TINY_ARGS, assert_one_line_error, make_image, make_tree, run_cli
-from train.shared.run_folder import Run
+from runlib.run_folder import Run
 
 
 def copy_run(run, dst):
@@ -28,7 +28,7 @@ def copy_run(run, dst):
 
 def hold(run_path, what="train"):
     """Another process holding the run's lock, as a running command would; (process, its pid)."""
-    code = ("import sys, time; from train.shared.lock import RunLock; RunLock(sys.argv[1], sys.argv[2]).__enter__(); "
+    code = ("import sys, time; from runlib.lock import RunLock; RunLock(sys.argv[1], sys.argv[2]).__enter__(); "
             "print('held', flush=True); time.sleep(120)")
     proc = subprocess.Popen([sys.executable, "-c", code, str(run_path), what], cwd=REPO, stdout=subprocess.PIPE, text=True,
                             env=dict(os.environ, PYTHONPATH=str(REPO)))
@@ -36,7 +36,7 @@ def hold(run_path, what="train"):
     return proc
 
 
-EDGECLF = ("-m", "train.cli")
+EDGECLF = ("-m", "edgeclf.cli")
 
 
 def test_a_second_command_on_a_run_in_use_is_refused_naming_the_holder(tiny_export, tmp_path):
@@ -51,7 +51,7 @@ def test_a_second_command_on_a_run_in_use_is_refused_naming_the_holder(tiny_expo
                                   *TINY_ARGS),
             "pi-check": ("pi-check", "--run", str(run.path), "--variant", "tflite-fp32", "--dist", str(tmp_path)),
         }
-        for name, args in commands.items():
+        for args in commands.values():
             proc = run_cli(*EDGECLF, *args)
             assert_one_line_error(proc, f"run {run.path} is in use by pid {holder.pid}", "-c")
         assert run.finished and run.model.exists()  # --overwrite did not remove what another process holds
@@ -101,7 +101,8 @@ def test_copies_and_near_copies_never_span_two_subsets(tmp_path):
         w, h = img.size
         kind = ["copy", "resized", "jpeg", "cropped"][i % 4]
         # exact copies in their own class (in another they are a conflict, below); near copies anywhere
-        dst = root / (src_cls if kind == "copy" else dst_cls) / f"planted-{i:02d}-{kind}.{'jpg' if kind == 'jpeg' else 'png'}"
+        suffix = "jpg" if kind == "jpeg" else "png"
+        dst = root / (src_cls if kind == "copy" else dst_cls) / f"planted-{i:02d}-{kind}.{suffix}"
         if kind == "copy":
             shutil.copy(src, dst)
         elif kind == "resized":
@@ -233,7 +234,7 @@ def hostile_files(folder):
 def test_hostile_images_are_answered_in_one_line_each(tiny_export, tmp_path):
     files = hostile_files(tmp_path / "hostile")
     model = str(tiny_export.export_dir / "model-int8.tflite")
-    for name, path in files.items():
+    for path in files.values():
         proc = run_cli("-m", "edge_runtime", "predict", "--model", model, str(path))
         assert_one_line_error(proc, path.name)
     too_large = run_cli("-m", "edge_runtime", "predict", "--model", model, str(files["decompression bomb PNG"]))
@@ -380,7 +381,7 @@ def test_recover_puts_back_a_file_the_manifest_still_describes(tmp_path):
 # ---------------------------------------------------------------- a gate that says when it cannot judge
 
 def test_the_gate_needs_enough_test_images_to_judge():
-    from train.shared.metrics import images_to_judge, wilson_interval
+    from runlib.metrics import images_to_judge, wilson_interval
 
     n, rule = images_to_judge(1.0, 0.98)
     assert n == 100 and "100 images" in rule and "93 images" in rule

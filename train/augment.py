@@ -3,7 +3,9 @@
 They never enter the saved model, so the exported models stay plain classifiers.
 """
 import numpy as np
-import tf_keras as keras
+from runlib.tf_setup import import_keras
+
+keras = import_keras()
 
 
 def augmenter(strength, seed=0, flip=True):
@@ -26,7 +28,7 @@ def augmenter(strength, seed=0, flip=True):
 
 def preview(images, strength, path, per_image=5, seed=0, flip=True):
     """A PNG grid: each row an original image then `per_image` augmented versions."""
-    from .shared.plots import plt, save
+    from runlib.plots import plt, save
 
     aug = augmenter(strength, seed, flip)
     images = np.asarray(images, np.float32)

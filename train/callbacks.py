@@ -1,6 +1,8 @@
 """Callbacks that survive an interruption: their state is saved with every epoch's checkpoint."""
 import numpy as np
-import tf_keras as keras
+from runlib.tf_setup import import_keras
+
+keras = import_keras()
 
 
 class _Resumable:
@@ -102,8 +104,9 @@ class EpochCheckpoint(keras.callbacks.Callback):
         row.update({k: float(v) for k, v in logs.items() if k != "lr"})
         value = logs.get(self.monitor)
         improved = value is not None and value < self.store.state.get("best", np.inf)
-        self.store.save_epoch(self.model, self.phase, epoch + 1, row, improved, value,
-                              {name: cb.get_state() for name, cb in self.watched.items()})
+        self.store.save_epoch(self.model, self.phase, epoch + 1, row,
+                              {name: cb.get_state() for name, cb in self.watched.items()},
+                              improved_to=value if improved else None)
 
 
 class EpochProgress(keras.callbacks.Callback):
@@ -111,7 +114,7 @@ class EpochProgress(keras.callbacks.Callback):
 
     def __init__(self, phase, start, epochs, stage="train"):
         super().__init__()
-        from .shared.progress import Progress
+        from runlib.progress import Progress
 
         self.progress = Progress(stage, epochs - start, f"epochs of {phase if isinstance(phase, str) else f'phase {phase}'}")
         self.start = start

@@ -1,6 +1,6 @@
 """How training's options resolve into the config.json a run records.
 
-The options and their defaults are defined in train/shared/options.py. Without --data the built-in demo
+The options and their defaults are defined in runlib/options.py. Without --data the built-in demo
 dataset is used, with small defaults that keep `make train export benchmark` short on a CPU; with --data
 the defaults suit real photos (the `demo` column of the definitions). The demo trains ResNet-50 from random
 weights on 8x8-pixel digits: 32 px loses nothing, and there is no augmentation (a flipped or rotated digit
@@ -11,14 +11,11 @@ from pathlib import Path
 
 from edge_runtime.errors import InputError
 
-from .backbones import BACKBONES
-from .shared.options import defaults
+from runlib.backbones import BACKBONES
+from runlib.options import check, defaults, resume_keys
 
-# Options that must match for an interrupted run to be resumed.
-RESUME_KEYS = ("data_root", "csv", "backbone", "weights", "alpha", "image_size", "head", "epochs_head", "epochs_finetune",
-               "batch_size", "lr", "lr_finetune", "dropout", "unfreeze_from", "unfreeze_layers", "train_bn",
-               "val_frac", "test_frac", "seed", "max_per_class", "use_class_weights", "augment", "flip", "schedule", "warmup_epochs",
-               "clip_norm", "precision", "group_near_duplicates")
+# Options that must match for an interrupted run to be resumed (`resume=True` in the option table).
+RESUME_KEYS = resume_keys()
 
 
 def parse_size(text):
@@ -36,6 +33,7 @@ def resolve(options, demo):
     """The complete option dict recorded in config.json, from the explicit options (command line, recipe
     or keywords) and the defaults (the demo's when training on the demo dataset)."""
     cfg = {**defaults("train", demo), **options}
+    check("train", cfg)
     cfg.pop("overwrite")
     # --epochs sets both phases; a phase given on its own wins
     for phase in ("epochs_head", "epochs_finetune"):

@@ -16,7 +16,7 @@ from edge_runtime.errors import InputError
 from edge_runtime.files import sha256_file
 from edge_runtime.preprocess import decode
 
-from .shared.split import SUBSETS, Sample  # noqa: F401  (the dataset is a list of Samples)
+from runlib.split import SUBSETS, Sample  # noqa: F401  (the dataset is a list of Samples)
 
 
 
@@ -69,7 +69,8 @@ def list_csv(csv_path, root):
             rows = [r for r in csv.reader(f) if r and any(c.strip() for c in r)]
     except (UnicodeDecodeError, csv.Error) as e:
         raise InputError(f"CSV file {csv_path} is not readable text CSV ({e})") from None
-    if rows and [c.strip().lower() for c in rows[0][:2]] in (["filename", "label"], ["file", "label"], ["path", "label"], ["image", "label"]):
+    if rows and [c.strip().lower() for c in rows[0][:2]] in (
+            ["filename", "label"], ["file", "label"], ["path", "label"], ["image", "label"]):
         rows = rows[1:]
     entries = []
     for i, r in enumerate(rows, 1):
@@ -84,7 +85,7 @@ def list_csv(csv_path, root):
 def scan(entries, root, empty_classes=(), workers=8, progress=False):
     """Decode every listed file; return (samples, report). Bad files are counted, not fatal.
     progress: show files checked and the time left."""
-    from .shared.progress import Progress
+    from runlib.progress import Progress
 
     root = Path(root)
 

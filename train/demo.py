@@ -1,8 +1,8 @@
 """The built-in demo dataset: scikit-learn's real handwritten digits as an imbalanced RGB image tree.
 
 It is written to disk as PNG files, one folder per class, so the demo runs through the
-very code path user data does. Class sizes fall geometrically from 174 to 44 (4:1): with the
-20-image smallest class of an earlier 8:1 version, a from-scratch ResNet-50 scored 0.88 on test.
+very code path user data does. Class sizes fall geometrically from 174 to 44 (4:1; docs/training.md says why
+not steeper).
 """
 from pathlib import Path
 

@@ -89,11 +89,13 @@ def group(samples, hashes, near=True, threshold=NEAR):
         if i not in dropped:
             members[u.find(i)].append(s)
     groups = [sorted(g, key=lambda s: s.path) for g in members.values()]
-    return [s for i, s in enumerate(samples) if i not in dropped], groups, _report(samples, exact, conflicts, pairs, near,
-                                                                                   threshold, groups)
+    return [s for i, s in enumerate(samples) if i not in dropped], groups, _report(samples, exact, conflicts, pairs,
+                                                                                   (near, threshold), groups)
 
 
-def _report(samples, exact, conflicts, pairs, near, threshold, groups):
+def _report(samples, exact, conflicts, pairs, near_rule, groups):
+    """The data report's "duplicates" record; near_rule: (near copies grouped?, the hash distance in bits)."""
+    near, threshold = near_rule
     cross = [p for p in pairs if samples[p[0]].label != samples[p[1]].label]
     return {
         "exact_groups": len(exact), "exact_copies": sum(len(g) - 1 for g in exact),

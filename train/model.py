@@ -6,11 +6,13 @@ frozen 1x1 convolution named `preprocess`, so the saved model takes raw RGB pixe
 and every layer stays one that TFLite, tf2onnx and tfmot all understand.
 """
 import numpy as np
-import tf_keras as keras
+from runlib.tf_setup import import_keras
 
 from edge_runtime.errors import InputError
 
-from .backbones import BACKBONES
+from runlib.backbones import BACKBONES
+
+keras = import_keras()
 
 HEAD = ("head_pool", "head_dropout", "head_dense")
 
@@ -31,7 +33,8 @@ def _application(cfg, **kwargs):
     spec = BACKBONES[cfg["backbone"]]
     if spec.has_alpha:
         kwargs["alpha"] = cfg["alpha"]
-    return getattr(keras.applications, spec.build)(include_top=False, **kwargs)
+    build = spec.build if callable(spec.build) else getattr(keras.applications, spec.build)
+    return build(include_top=False, **kwargs)
 
 
 def _pretrained(cfg):
@@ -42,7 +45,7 @@ def _pretrained(cfg):
     h, w = cfg["image_size"]
     try:
         return _application(cfg, weights=weights, input_shape=(h, w, 3))
-    except Exception as e:  # download failure, wrong file, shape mismatch: all one line for the user
+    except Exception as e:  # noqa: BLE001  download failure, wrong file, shape mismatch: all one line for the user
         what = f"backbone {cfg['backbone']}" + (f" (alpha {cfg['alpha']})" if BACKBONES[cfg["backbone"]].has_alpha else "")
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         if weights == "imagenet":
@@ -116,7 +119,7 @@ def load_keras(path, quantization_aware=False):
             with tfmot.quantization.keras.quantize_scope():
                 return keras.models.load_model(str(path), compile=False)
         return keras.models.load_model(str(path), compile=False)
-    except Exception as e:
+    except Exception as e:  # noqa: BLE001  Keras raises many types for an unreadable file: one line for all
         reason = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
         raise InputError(f"{path}: cannot load the trained model ({reason})") from None
 

@@ -1,17 +1,31 @@
 """tf.data input: parallel decoding through the preprocessing contract, cache, shuffle, augment, prefetch."""
+from dataclasses import dataclass
+from pathlib import Path
+
 import numpy as np
-import tensorflow as tf
+from runlib.tf_setup import import_tensorflow
 
 from edge_runtime.preprocess import load_pixels
+
+tf = import_tensorflow()
 
 AUTOTUNE = tf.data.AUTOTUNE
 
 
-def dataset(root, samples, class_index, size, batch_size, training=False, augment=None, seed=0, cache=True):
-    """(images float32 0..255, labels int32) batches for `samples` (data.Sample list)."""
-    h, w = size
-    paths = [str(root / s.path) for s in samples]
-    labels = np.array([class_index[s.label] for s in samples], np.int32)
+@dataclass(frozen=True)
+class Images:
+    """Labelled images of a run: data.Sample rows under root, their class index, the model's input size."""
+    root: Path
+    samples: list
+    class_index: dict
+    size: tuple
+
+
+def dataset(images, batch_size, training=False, augment=None, seed=0, cache=True):
+    """(images float32 0..255, labels int32) batches of `images` (an Images)."""
+    h, w = images.size
+    paths = [str(Path(images.root) / s.path) for s in images.samples]
+    labels = np.array([images.class_index[s.label] for s in images.samples], np.int32)
 
     def load(path):
         return load_pixels(path.decode(), (h, w))  # the very function the device runs

@@ -19,7 +19,8 @@ def resolve(choice, cpu_flags, gpu_capabilities=()):
         return choice, "asked for"
     if gpu_capabilities:
         if all(tuple(c) >= (7, 0) for c in gpu_capabilities):
-            return "mixed_float16", f"auto: GPU compute capability {'.'.join(map(str, gpu_capabilities[0]))} runs float16 fast"
+            capability = ".".join(map(str, gpu_capabilities[0]))
+            return "mixed_float16", (f"auto: GPU compute capability {capability} runs float16 fast")
         return "float32", "auto: this GPU has no fast float16 (compute capability below 7.0)"
     have = [f for f in BF16_FLAGS if f in cpu_flags]
     if have:
@@ -31,7 +32,7 @@ def machine_capabilities():
     """(CPU flags, GPU compute capabilities) of this machine, for resolve()."""
     from edge_runtime.machine import cpu_flags
 
-    from .shared.tf_setup import import_tensorflow
+    from runlib.tf_setup import import_tensorflow
 
     tf = import_tensorflow()
     caps = []

@@ -17,7 +17,8 @@ C_GRID = tuple(float(c) for c in np.logspace(-3, 2, 11))
 
 def features(model, ds):
     """Pooled backbone features (N, D) of every image in the dataset, in order, and its labels."""
-    import tf_keras as keras
+    from runlib.tf_setup import import_keras
+    keras = import_keras()
 
     extractor = keras.Model(model.input, model.get_layer(HEAD[0]).output)
     xs, ys = [], []

@@ -28,6 +28,7 @@ import tempfile
 import threading
 import time
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -35,7 +36,7 @@ import numpy as np
 from edge_runtime.errors import InputError
 from edge_runtime.files import write_json, write_text
 from edge_runtime.timing import summarize
-from train.shared.progress import logger
+from runlib.progress import logger
 
 CONCURRENCY = (1, 4, 16)
 GOALS = {"c1_overhead_ms": 2.0, "c4_over_c1": 1.5, "rss_growth": 0.10}
@@ -50,7 +51,7 @@ def free_port():
         return s.getsockname()[1]
 
 
-class Service:
+class ServiceProcess:
     """`python -m edge_runtime serve` in a process of its own, on 127.0.0.1; stopped with SIGTERM."""
 
     def __init__(self, bundle, *args, startup=120):
@@ -96,9 +97,9 @@ def multipart(data, filename="image.jpg", field="image"):
     return body, f"multipart/form-data; boundary={boundary}"
 
 
-def request(port, method, path, body=None, ctype=None, conn=None, timeout=60):
-    """(status, parsed JSON or text) over `conn` (kept alive) or a new connection."""
-    c = conn or http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+def request(port, method, path, body=None, ctype=None, conn=None):
+    """(status, parsed JSON or text) over `conn` (kept alive, and its timeout) or a new connection (60 s)."""
+    c = conn or http.client.HTTPConnection("127.0.0.1", port, timeout=60)
     headers = {"Content-Type": ctype} if ctype else {}
     c.request(method, path, body=body, headers=headers)
     r = c.getresponse()
@@ -119,8 +120,18 @@ def expected_answers(model, images, top_k):
     return [[{"label": l, "probability": p} for l, p in clf.predict(data, top_k=top_k)] for data in images]
 
 
-def load(port, images, expected, concurrency, count, seconds, top_k):
+@dataclass(frozen=True)
+class Uploads:
+    """What the load phases send: JPEGs to the service on `port`, and the offline answer expected for each."""
+    port: int
+    images: list
+    expected: list
+    top_k: int
+
+
+def load(uploads, concurrency, count, seconds):
     """`count` uploads (at most `seconds`) from `concurrency` client threads with kept-alive connections."""
+    port, images, expected, top_k = uploads.port, uploads.images, uploads.expected, uploads.top_k
     bodies = [multipart(d) for d in images]
     next_i, lock = [0], threading.Lock()
     latencies, errors, mismatches = [], {}, []
@@ -224,7 +235,8 @@ def faults(port, good, big, timeout):
           request(port, "POST", "/v1/classify", body.replace(b"--", b"", 1)[:200], "multipart/form-data")[0])
     check("multipart without a file", 400, request(port, "POST", "/v1/classify", b"", ctype)[0])
     check("oversized upload (declared)", 413, request(port, "POST", "/v1/classify", b"x" * 3_000_001, "image/jpeg")[0])
-    head = ("POST /v1/classify HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\nTransfer-Encoding: chunked\r\n\r\n").encode()
+    head = ("POST /v1/classify HTTP/1.1\r\nHost: x\r\n"
+            "Content-Type: image/jpeg\r\nTransfer-Encoding: chunked\r\n\r\n").encode()
     chunked = b"".join(b"%x\r\n" % 500_000 + b"x" * 500_000 + b"\r\n" for _ in range(7)) + b"0\r\n\r\n"
     check("oversized upload (chunked, no length)", 413, raw_exchange(port, head, chunked, then="answer", wait=30))
     check("truncated JPEG", 422, request(port, "POST", "/v1/classify", truncated, "image/jpeg")[0])
@@ -278,10 +290,11 @@ def graceful(svc, big, count=3):
 # ---------------------------------------------------------------- the whole check
 
 def check(run, requests=(400, 1000, 2000), seconds=30.0, top_k=5):
+    """The run's bundle unpacked as a device would, selected on this machine, then served and measured."""
     from edge_runtime.bundle import Bundle, resolve_model
     from edge_runtime.selection import select, table
     from export.bundle import build
-    from train.shared import scratch
+    from runlib import scratch
 
     with tempfile.TemporaryDirectory(prefix=scratch.prefix("serve-check")) as work:
         work = Path(work)
@@ -293,44 +306,58 @@ def check(run, requests=(400, 1000, 2000), seconds=30.0, top_k=5):
         record = select(bundle, log=log)
         print(table(record), flush=True)
         model = resolve_model(None, bundle, threads=1, log=log)  # what each 1-thread worker serves
-        paths = run.test_set("test")[0]
-        images = [Path(p).read_bytes() for p in paths]
+        images = [Path(p).read_bytes() for p in run.test_set("test")[0]]
         expected = expected_answers(model, images, top_k)
         result = {"run": run.path.name, "bundle": Bundle(bundle).candidates, "selection": record["choice"],
                   "served": Path(model).name, "images": len(images), "top_k": top_k}
-        svc = Service(bundle)
-        try:
-            result["load"] = []
-            for c, n in zip(CONCURRENCY, requests):
-                log(f"concurrency {c}: {n} uploads (at most {seconds:g} s)")
-                r = load(svc.port, images, expected, c, n, seconds, top_k)
-                log(f"  {r['ok']} ok, errors {r['errors'] or 'none'}, {r['mismatches']} unlike offline, "
-                    f"{r['throughput_per_s']:.0f}/s, p50 {r['p50_ms']:.2f} ms, p99 {r['p99_ms']:.2f} ms")
-                result["load"].append(r)
-            result["in_process"] = in_process(model, images, requests[0])
-            log(f"in-process Classifier.predict on the same JPEGs: p50 {result['in_process']['p50_ms']:.2f} ms")
-            log("memory: 10,000 requests at concurrency 4")
-            load(svc.port, images, expected, 4, 1000, 120, top_k)
-            rss_1k = svc.rss_mb()
-            tail = load(svc.port, images, expected, 4, 9000, 600, top_k)
-            result["memory"] = {"rss_mb_after_1000": rss_1k, "rss_mb_after_10000": svc.rss_mb(),
-                                "errors": tail["errors"], "mismatches": tail["mismatches"]}
-        finally:
-            code, output = svc.stop()
-        result["shutdown"] = {"exit_code": code, "said_stopped": "stopped" in output}
-        log("faults, against an instance with 1 worker, a queue of 2 and a 3 s timeout")
-        small = Service(bundle, "--workers", "1", "--queue", "2", "--timeout", "3", "--max-bytes", "3000000")
-        try:
-            big = big_jpeg()
-            result["faults"] = faults(small.port, images[0], big, 3)
-            after = load(small.port, images, expected, 2, 200, 60, top_k)
-            result["after_faults"] = {k: after[k] for k in ("ok", "errors", "mismatches")}
-            status, metrics = request(small.port, "GET", "/metrics")
-            result["error_metrics"] = [l for l in metrics.splitlines() if l.startswith("edgeclf_request_errors_total")]
-            result["graceful"] = graceful(small, big)
-        finally:
-            small.stop()
+        result.update(_under_load(bundle, model, Uploads(None, images, expected, top_k), requests, seconds))
+        result.update(_under_faults(bundle, Uploads(None, images, expected, top_k)))
     return judge(result)
+
+
+def _under_load(bundle, model, uploads, requests, seconds):
+    """Throughput and latency at each concurrency, the in-process figure beside them, memory over 10,000
+    requests, and a clean shutdown."""
+    svc = ServiceProcess(bundle)
+    result = {"load": []}
+    try:
+        uploads = Uploads(svc.port, uploads.images, uploads.expected, uploads.top_k)
+        for c, n in zip(CONCURRENCY, requests):
+            log(f"concurrency {c}: {n} uploads (at most {seconds:g} s)")
+            r = load(uploads, c, n, seconds)
+            log(f"  {r['ok']} ok, errors {r['errors'] or 'none'}, {r['mismatches']} unlike offline, "
+                f"{r['throughput_per_s']:.0f}/s, p50 {r['p50_ms']:.2f} ms, p99 {r['p99_ms']:.2f} ms")
+            result["load"].append(r)
+        result["in_process"] = in_process(model, uploads.images, requests[0])
+        log(f"in-process Classifier.predict on the same JPEGs: p50 {result['in_process']['p50_ms']:.2f} ms")
+        log("memory: 10,000 requests at concurrency 4")
+        load(uploads, 4, 1000, 120)
+        rss_1k = svc.rss_mb()
+        tail = load(uploads, 4, 9000, 600)
+        result["memory"] = {"rss_mb_after_1000": rss_1k, "rss_mb_after_10000": svc.rss_mb(),
+                            "errors": tail["errors"], "mismatches": tail["mismatches"]}
+    finally:
+        code, output = svc.stop()
+    result["shutdown"] = {"exit_code": code, "said_stopped": "stopped" in output}
+    return result
+
+
+def _under_faults(bundle, uploads):
+    """Bad and hostile requests against a small instance, then that it still answers right and stops gracefully."""
+    log("faults, against an instance with 1 worker, a queue of 2 and a 3 s timeout")
+    small = ServiceProcess(bundle, "--workers", "1", "--queue", "2", "--timeout", "3", "--max-bytes", "3000000")
+    result = {}
+    try:
+        big = big_jpeg()
+        result["faults"] = faults(small.port, uploads.images[0], big, 3)
+        after = load(Uploads(small.port, uploads.images, uploads.expected, uploads.top_k), 2, 200, 60)
+        result["after_faults"] = {k: after[k] for k in ("ok", "errors", "mismatches")}
+        status, metrics = request(small.port, "GET", "/metrics")
+        result["error_metrics"] = [l for l in metrics.splitlines() if l.startswith("edgeclf_request_errors_total")]
+        result["graceful"] = graceful(small, big)
+    finally:
+        small.stop()
+    return result
 
 
 def judge(r):
@@ -387,7 +414,7 @@ def markdown(r, machine):
 
 
 def plot(r, path):
-    from train.shared.plots import plt, save
+    from runlib.plots import plt, save
 
     xs = [x["concurrency"] for x in r["load"]]
     fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.6))
@@ -405,21 +432,20 @@ def plot(r, path):
 
 
 def run_command(o):
-    """`edgeclf serve-check`: options by name (train/shared/options.py)."""
-    from train.shared.options import defaults
-    from train.shared.run_folder import resolve_run
+    """`edgeclf serve-check`: options by name (runlib/options.py)."""
+    from edge_runtime.machine import describe as machine
+    from runlib.options import resolve
+    from runlib.run_folder import resolve_run
 
-    from .report import machine
-
-    o = {**defaults("serve-check"), **o}
+    c = resolve("serve-check", o)
     try:
-        counts = tuple(int(x) for x in str(o["requests"]).split(","))
+        counts = tuple(int(x) for x in str(c.requests).split(","))
     except ValueError:
         counts = ()
     if len(counts) != len(CONCURRENCY) or min(counts) < 1:
-        raise InputError(f"--requests must be {len(CONCURRENCY)} whole numbers of at least 1, got {o['requests']!r}")
-    run = resolve_run(o["run"])
-    r = check(run, counts, o["seconds"])
+        raise InputError(f"--requests must be {len(CONCURRENCY)} whole numbers of at least 1, got {c.requests!r}")
+    run = resolve_run(c.run)
+    r = check(run, counts, c.seconds)
     out = run.path / "serve_check"
     m = machine()
     r["machine"] = m
@@ -433,8 +459,3 @@ def run_command(o):
     log(f"passed; {out / 'serve_check.md'}")
     return 0
 
-
-if __name__ == "__main__":
-    from train.cli import main
-
-    sys.exit(main(["serve-check", *sys.argv[1:]]))

@@ -1,7 +1,7 @@
 """What the Cast at the front of `onnx-int8` costs: the file against its twin without the Cast (float32 pixels
 in), timed call by call interleaved at 1 thread on the same image, with the benchmark's p50 interval rule.
 
-    python -m benchmark.cast_cost runs/<name>/export/model-int8.onnx [--max-seconds 60]
+    python -m checks.cast_cost runs/<name>/export/model-int8.onnx [--max-seconds 60]
 """
 import argparse
 import sys

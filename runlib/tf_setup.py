@@ -1,6 +1,22 @@
-"""TensorFlow, set up the same way for every stage: imported quietly, and where training runs."""
+"""TensorFlow, set up the same way for every stage: the one place it is imported, quietly.
+
+Importing a package of this project sets nothing; `import_tensorflow()` (and `import_keras()`) first sets
+the environment TensorFlow reads at import, then imports it. Every module that needs TensorFlow or Keras
+gets it from here, so the settings always precede the import.
+"""
 import os
 import sys
+
+
+def configure():
+    """The environment TensorFlow reads when it is imported; values already set are left alone."""
+    # tensorflow-model-optimization needs Keras 2 (tf_keras); this must precede any TF import.
+    os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    if not os.path.exists("/dev/nvidia0") and not os.path.exists("/dev/nvidiactl"):
+        # No NVIDIA device: hide CUDA so TensorFlow does not print "failed call to cuInit ... (303)",
+        # an error line that only means "no GPU here". Machines with a GPU are left alone.
+        os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 
 
 class quiet_fds:
@@ -32,10 +48,19 @@ def import_tensorflow():
     configured) kept off the terminal. A failing import still raises, after stderr is restored."""
     if "tensorflow" in sys.modules:
         return sys.modules["tensorflow"]
+    configure()
     with quiet_fds(2):
         import tensorflow as tf
         tf.config.list_physical_devices("GPU")  # the CUDA probe, also chatty, while stderr is quiet
     return tf
+
+
+def import_keras():
+    """Keras 2 (tf_keras), after TensorFlow is set up and imported."""
+    import_tensorflow()
+    import tf_keras
+
+    return tf_keras
 
 
 def device_summary():

@@ -37,7 +37,7 @@ class Run:
     benchmark_dir = property(lambda self: self.path / "benchmark")
 
     def lock(self, what):
-        """This run for this process alone while `what` works on it (train/shared/lock.py)."""
+        """This run for this process alone while `what` works on it (runlib/lock.py)."""
         from .lock import RunLock
 
         return RunLock(self.path, what)

@@ -84,7 +84,8 @@ class Progress:
 
     def text(self, note=""):
         elapsed = time.monotonic() - self.start
-        left = f", about {duration(elapsed / self.done * (self.total - self.done))} left" if 0 < self.done < self.total else ""
+        left = (f", about {duration(elapsed / self.done * (self.total - self.done))} left"
+                if 0 < self.done < self.total else "")
         return (f"[{self.stage}] {self.done}/{self.total}{' ' + self.unit if self.unit else ''}, {duration(elapsed)}"
                 f"{left}{': ' + note if note else ''}")
 

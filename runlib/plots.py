@@ -2,10 +2,10 @@
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
 
-from edge_runtime.files import atomic_path  # noqa: E402
+from edge_runtime.files import atomic_path
 
 
 def save(fig, path):

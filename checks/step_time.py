@@ -1,4 +1,4 @@
-"""python -m benchmark.step_time [--backbone resnet50] [--image-size 224] [--batch 16] [--precision float32,mixed_bfloat16]
+"""python -m checks.step_time [--backbone resnet50] [--image-size 224] [--batch 16] [--precision float32,mixed_bfloat16]
 
 How long one training step and one inference batch take in each precision, on this machine: the step
 training runs (Adam, sparse cross-entropy, the whole network trainable as with random weights), timed with
@@ -18,11 +18,12 @@ def measure(backbone, size, batch, precision, max_seconds):
     """{train step, inference}: p50 ms and its interval, in this process."""
     from edge_runtime.timing import latency
 
-    from train.shared.tf_setup import import_tensorflow
+    from runlib.tf_setup import import_tensorflow
 
     import_tensorflow()
     import numpy as np
-    import tf_keras as keras
+    from runlib.tf_setup import import_keras
+    keras = import_keras()
 
     from train.model import build_model, compile_for_training, set_phase
 
@@ -42,7 +43,7 @@ def measure(backbone, size, batch, precision, max_seconds):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(prog="python -m benchmark.step_time", description=__doc__.split("\n\n")[1])
+    p = argparse.ArgumentParser(prog="python -m checks.step_time", description=__doc__.split("\n\n")[1])
     p.add_argument("--backbone", default="resnet50")
     p.add_argument("--image-size", type=int, default=224)
     p.add_argument("--batch", type=int, default=16)
@@ -62,7 +63,7 @@ def main(argv=None):
             raise InputError(f"--precision: one or more of float32, mixed_float16, mixed_bfloat16, got {a.precision!r}")
         rows = {}
         for pol in policies:
-            proc = subprocess.run([sys.executable, "-m", "benchmark.step_time", "--one", "--precision", pol,
+            proc = subprocess.run([sys.executable, "-m", "checks.step_time", "--one", "--precision", pol,
                                    "--backbone", a.backbone, "--image-size", str(a.image_size), "--batch", str(a.batch),
                                    "--max-seconds", str(a.max_seconds)], capture_output=True, text=True)
             if proc.returncode:

@@ -39,8 +39,9 @@ def render(run):
 def _purpose(cfg, classes):
     h, w = cfg["image_size"]
     return ["## Purpose", "",
-            f"An image classifier for {len(classes)} classes ({', '.join(classes[:20])}{', ...' if len(classes) > 20 else ''}), "
-            f"fine-tuned from `{cfg['backbone']}` ({'ImageNet weights' if cfg['weights'] not in ('none', None) else 'random weights'}). "
+            f"An image classifier for {len(classes)} classes "
+            f"({', '.join(classes[:20])}{', ...' if len(classes) > 20 else ''}), fine-tuned from `{cfg['backbone']}` "
+            f"({'ImageNet weights' if cfg['weights'] not in ('none', None) else 'random weights'}). "
             f"It takes one RGB image, resized whole to {h}x{w} (the preprocessing contract: Pillow's bilinear, EXIF "
             f"orientation applied, transparency over white; normalisation inside the model), and returns a probability "
             f"per class. It knows only these classes: every image gets one of them.", ""]
@@ -84,7 +85,8 @@ def _metrics(metrics, classes):
     test = metrics.get("test")
     if test:
         counts = [sum(r) for r in test["confusion_matrix"]]
-        out += ["", "Per-class recall on the test split (with its images):", "", "| class | test images | recall |", "|---|---|---|"]
+        out += ["", "Per-class recall on the test split (with its images):", "",
+                "| class | test images | recall |", "|---|---|---|"]
         out += [f"| {c} | {counts[i]} | {test['per_class_recall'][c]:.3f} |" for i, c in enumerate(classes)]
     return out + [""]
 
@@ -96,12 +98,14 @@ def _variants(report, manifest):
     m = report.get("machine", {})
     entries = manifest.get("variants", {})
     out = ["## Exported files", "", f"Measured on {report.get('context', {}).get('test_images')} test images; latency on "
-           f"{m.get('cpu')} ({m.get('cores')} cores, CPU flags {' '.join(m.get('cpu_flags') or [])}), {report.get('created_at')}.",
+           f"{m.get('cpu')} ({m.get('cores')} cores, CPU flags {' '.join(m.get('cpu_flags') or [])})"
+           f", {report.get('created_at')}.",
            "", "| file | MB | p50 ms (1 thread / all) | top-1 | agreement [95% CI] | vs | classes below budget | "
            "ops kept float | mean agreement under corruption |", "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         ci = r.get("agreement_ci")
-        agree = "—" if r.get("agreement") is None else (f"{r['agreement']:.3f} [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else f"{r['agreement']:.3f}")
+        agree = "—" if r.get("agreement") is None else (
+            f"{r['agreement']:.3f} [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else f"{r['agreement']:.3f}")
         p50 = "—" if r.get("p50_ms") is None else f"{r['p50_ms_1thread']:.2f} / {r['p50_ms']:.2f}"
         rob = r.get("robustness") or {}
         rob_agree = [v["agreement"] for v in rob.get("by_corruption", {}).values() if v.get("agreement") is not None]

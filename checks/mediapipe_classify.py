@@ -2,7 +2,7 @@
 
 Run it with a Python that has mediapipe (its own venv: its absl pin conflicts with this project's), by path:
 
-    python benchmark/mediapipe_classify.py MODEL.tflite PIXELS.npy OUT.json
+    python checks/mediapipe_classify.py MODEL.tflite PIXELS.npy OUT.json
 
 PIXELS.npy: uint8 RGB images already at the model's input size. OUT.json: every category per image, best
 first. It imports nothing from this project; tests/test_mobile.py runs it.

@@ -1,4 +1,4 @@
-"""python -m train.ablation --data DIR [--seeds 0,1,2] [--only name,...] -- [options for every run]
+"""python -m checks.ablation --data DIR [--seeds 0,1,2] [--only name,...] -- [options for every run]
 
 Trains the default recipe and one change at a time, each over several seeds (the seed also
 draws the split), and writes runs/ablation/<tag>/ablation.md and .json: test top-1 and
@@ -20,14 +20,17 @@ from edge_runtime.files import write_json, write_text
 CHOICES = (
     ("default", "the default recipe (with the options after --)", []),
     ("no-finetune", "phase 1 only (no phase 2)", ["--epochs-finetune", "0"]),
-    ("sgd-head", "phase 1 as 10 epochs of Adam (lr 1e-3) instead of the converged probe", ["--head", "sgd", "--epochs-head", "10"]),
+    ("sgd-head", "phase 1 as 10 epochs of Adam (lr 1e-3) instead of the converged probe",
+     ["--head", "sgd", "--epochs-head", "10"]),
     ("train-bn", "phase 2 also trains BatchNorm", ["--train-bn"]),
     ("unfreeze-more", "phase 2 unfreezes from conv_dw_8 (mobilenet; the default since this ablation)",
      ["--unfreeze-from", "conv_dw_8"]),
-    ("unfreeze-less", "phase 2 unfreezes from conv_dw_12 (mobilenet; the default before)", ["--unfreeze-from", "conv_dw_12"]),
+    ("unfreeze-less", "phase 2 unfreezes from conv_dw_12 (mobilenet; the default before)",
+     ["--unfreeze-from", "conv_dw_12"]),
     ("no-augment", "no augmentation", ["--augment", "0"]),
     ("lr-3e-4", "phase 2 learning rate 3e-4 instead of 1e-4", ["--lr-finetune", "3e-4"]),
-    ("cosine", "phase 2 learning rate decays on a cosine to 1% instead of cutting 0.3x on a plateau", ["--schedule", "cosine"]),
+    ("cosine", "phase 2 learning rate decays on a cosine to 1% instead of cutting 0.3x on a plateau",
+     ["--schedule", "cosine"]),
     ("warmup", "phase 2 starts with a 2-epoch linear warm-up", ["--warmup-epochs", "2"]),
     ("fp32", "float32 arithmetic", ["--precision", "float32"]),
     ("bf16", "mixed_bfloat16 arithmetic (variables and the saved model float32)", ["--precision", "mixed_bfloat16"]),
@@ -57,10 +60,10 @@ def run_one(data, run, seed, flags, common):
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
-    command = "python -m train.ablation " + " ".join(argv)
+    command = "python -m checks.ablation " + " ".join(argv)
     common = argv[argv.index("--") + 1:] if "--" in argv else []
     argv = argv[: argv.index("--")] if "--" in argv else argv
-    p = argparse.ArgumentParser(prog="python -m train.ablation", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m checks.ablation", description=__doc__.splitlines()[0])
     p.add_argument("--data", required=True)
     p.add_argument("--tag", default="leeds", help="runs/ablation/<tag>/")
     p.add_argument("--seeds", default="0,1,2")
@@ -84,7 +87,8 @@ def main(argv=None):
         write_json(out / "ablation.json", {"command": command, "common": common, "rows": results})
         lines = [f"Command: `{command}`", "", f"Test top-1 and macro-F1 over seeds {a.seeds} "
                  f"({results[0]['test_images']} test images per seed; the seed also draws the split).", "",
-                 "| choice | change | test top-1 (mean ± sd) | macro-F1 (mean ± sd) | per seed top-1 | training s (mean ± sd) |",
+                 "| choice | change | test top-1 (mean ± sd) | macro-F1 (mean ± sd) | per seed top-1 "
+                 "| training s (mean ± sd) |",
                  "|---|---|---|---|---|---|"]
         for r in results:
             t = r["train_seconds"]

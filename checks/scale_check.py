@@ -24,7 +24,7 @@ import numpy as np
 
 from edge_runtime.errors import InputError
 from edge_runtime.files import write_json, write_text
-from train.shared.progress import logger
+from runlib.progress import logger
 
 PIPELINE_MIN_RATIO = 1.5
 
@@ -92,20 +92,20 @@ def step(name, argv):
 def pipeline_against_step(run, batches=40, steps=8):
     """Images per second of the training input pipeline alone (decoding every image: an uncached epoch,
     the slowest one) and of the training step alone on one fixed batch."""
-    from train.shared.tf_setup import import_tensorflow
+    from runlib.tf_setup import import_tensorflow
 
     import_tensorflow()
     from train.augment import augmenter
     from train.model import build_model, compile_for_training, set_phase
-    from train.pipeline import dataset
+    from train.pipeline import Images, dataset
 
     cfg, samples = run.config(), run.split()
     names = run.class_names()
     index = {c: i for i, c in enumerate(names)}
     train = [s for s in samples if s.subset == "train"]
     aug = augmenter(cfg["augment"], cfg["seed"], cfg.get("flip", True))
-    ds = dataset(Path(cfg["data_root"]), train, index, cfg["image_size"], cfg["batch_size"], training=True, augment=aug,
-                 seed=cfg["seed"], cache=False)
+    ds = dataset(Images(Path(cfg["data_root"]), train, index, cfg["image_size"]), cfg["batch_size"], training=True,
+                 augment=aug, seed=cfg["seed"], cache=False)
     it = iter(ds.repeat())  # small sets: decode again rather than run out
     for _ in range(3):
         next(it)
@@ -141,63 +141,38 @@ def markdown(r):
         f"({', '.join(f'{k}: {v}' for k, v in r['skipped_by_reason'].items()) or 'none'}) |",
         f"| data scan (decode and hash every file) | {r['scan_seconds']:.1f} s |",
         f"| tf.data cache | {r['cache']} |",
-        f"| train (scan, {r['epochs']} epoch(s), evaluation) | {t['train']['seconds']:.0f} s, peak memory {t['train']['peak_rss_mb_so_far']} MB |",
+        f"| train (scan, {r['epochs']} epoch(s), evaluation) | {t['train']['seconds']:.0f} s, "
+        f"peak memory {t['train']['peak_rss_mb_so_far']} MB |",
         f"| input pipeline alone (uncached, augmented) | {p['pipeline_images_per_s']:.0f} images/s |",
         f"| training step alone | {p['train_step_images_per_s']:.0f} images/s |",
         f"| pipeline / step | **{p['ratio']:.1f}x** (needs at least {PIPELINE_MIN_RATIO}x) |",
         f"| export of {r['variant']} | {t['export']['seconds']:.0f} s (exit {t['export']['exit_code']}) |",
         f"| benchmark of {r['variant']} | {t['benchmark']['seconds']:.0f} s (exit {t['benchmark']['exit_code']}) |",
-        f"| test top-1 (Keras / {r['variant']}) | {b.get('keras_top1', float('nan')):.3f} / {b.get('variant_top1', float('nan')):.3f} |",
+        f"| test top-1 (Keras / {r['variant']}) | {b.get('keras_top1', float('nan')):.3f} / "
+        f"{b.get('variant_top1', float('nan')):.3f} |",
         f"| benchmark report.md | {b.get('report_lines', 0)} lines |", "",
     ]
     return "\n".join(lines)
 
 
 def run_command(o):
-    """`edgeclf scale-check`: options by name (train/shared/options.py)."""
-    from train.shared.options import defaults
+    """`edgeclf scale-check`: options by name (runlib/options.py)."""
+    from runlib.options import resolve
+    from runlib.run_folder import Run
 
-    from edge_runtime.machine import cpu_flags
-    from train.data import cache_in_memory, decoded_bytes
-    from train.shared.run_folder import Run
-
-    o = {**defaults("scale-check"), **o}
-    if o["classes"] < 2 or o["per_class"] < 10:
-        raise InputError("--classes must be at least 2 and --per-class at least 10 (each class needs val and test images)")
-    data = make_dataset(o["data"] or f"data/scale-{o['classes']}x{o['per_class']}", o["classes"], o["per_class"])
-    run = Run(o["run"])
+    c = resolve("scale-check", o)  # each class needs val and test images: --per-class at least 10
+    data = make_dataset(c.data or f"data/scale-{c.classes}x{c.per_class}", c.classes, c.per_class)
+    run = Run(c.run)
     stages = {"train": step("train", ["-m", "train", "--data", str(data), "--run", str(run.path), "--overwrite",
-                                      "--backbone", o["backbone"], "--weights", "none", "--image-size", str(o["image_size"]),
-                                      "--epochs-head", str(o["epochs"]), "--epochs-finetune", "0",
-                                      "--batch-size", str(o["batch_size"]), "--augment", "0.5"])}
+                                      "--backbone", c.backbone, "--weights", "none", "--image-size", str(c.image_size),
+                                      "--epochs-head", str(c.epochs), "--epochs-finetune", "0",
+                                      "--batch-size", str(c.batch_size), "--augment", "0.5"])}
     if stages["train"]["exit_code"]:
         raise InputError("training failed; see its output above")
-    stages["export"] = step("export", ["-m", "export", "--run", str(run.path), "--variants", o["variant"]])
-    stages["benchmark"] = step("benchmark", ["-m", "benchmark", "--run", str(run.path), "--variants", o["variant"]])
+    stages["export"] = step("export", ["-m", "export", "--run", str(run.path), "--variants", c.variant])
+    stages["benchmark"] = step("benchmark", ["-m", "benchmark", "--run", str(run.path), "--variants", c.variant])
     log("input pipeline against training step")
-    pipe = pipeline_against_step(run)
-    report = json.loads(run.data_report.read_text(encoding="utf-8"))
-    cfg = run.config()
-    n_cached = sum(1 for s in run.split() if s.subset in ("train", "val"))
-    mib = decoded_bytes(n_cached, cfg["image_size"]) / 2**20
-    fits = cache_in_memory(n_cached, cfg["image_size"], cfg["cache_limit_gb"])
-    bench = {}
-    if run.benchmark_dir.joinpath("report.json").exists():
-        rows = {row["variant"]: row for row in json.loads((run.benchmark_dir / "report.json").read_text(encoding="utf-8"))["rows"]}
-        bench = {"keras_top1": rows.get("keras", {}).get("top1", float("nan")),
-                 "variant_top1": rows.get(o["variant"], {}).get("top1", float("nan")),
-                 "report_lines": len((run.benchmark_dir / "report.md").read_text(encoding="utf-8").splitlines())}
-    result = {
-        "command": " ".join(["edgeclf scale-check", *sys.argv[2:]]),
-        "classes": o["classes"], "images_listed": report["files_listed"], "images_used": report["images_used"],
-        "skipped": report["skipped"], "skipped_by_reason": report["skipped_by_reason"],
-        "scan_seconds": report.get("scan_seconds"), "backbone": o["backbone"], "image_size": o["image_size"],
-        "epochs": o["epochs"], "variant": o["variant"], "cpu_flags": cpu_flags(),
-        "cache": (f"in memory ({mib:.0f} MiB of decoded uint8, under the {cfg['cache_limit_gb']:g} GiB limit)" if fits
-                  else f"off ({mib:.0f} MiB would exceed the {cfg['cache_limit_gb']:g} GiB limit)"),
-        "stages": stages, "pipeline": pipe, "benchmark_report": bench,
-        "pipeline_fast_enough": pipe["ratio"] >= PIPELINE_MIN_RATIO,
-    }
+    result = summary(run, c, stages, pipeline_against_step(run))
     write_json(run.path / "scale_check.json", result)
     write_text(run.path / "scale_check.md", markdown(result))
     print(markdown(result))
@@ -209,7 +184,31 @@ def run_command(o):
     return 0
 
 
-if __name__ == "__main__":
-    from train.cli import main
+def summary(run, c, stages, pipe):
+    """scale_check.json: the data scan, the cache policy, each stage's seconds and memory, the benchmark's top-1."""
+    from edge_runtime.machine import cpu_flags
+    from train.data import cache_in_memory, decoded_bytes
 
-    sys.exit(main(["scale-check", *sys.argv[1:]]))
+    report = json.loads(run.data_report.read_text(encoding="utf-8"))
+    cfg = run.config()
+    n_cached = sum(1 for s in run.split() if s.subset in ("train", "val"))
+    mib = decoded_bytes(n_cached, cfg["image_size"]) / 2**20
+    fits = cache_in_memory(n_cached, cfg["image_size"], cfg["cache_limit_gb"])
+    bench = {}
+    if run.benchmark_dir.joinpath("report.json").exists():
+        rows = {row["variant"]: row for row in json.loads(
+            (run.benchmark_dir / "report.json").read_text(encoding="utf-8"))["rows"]}
+        bench = {"keras_top1": rows.get("keras", {}).get("top1", float("nan")),
+                 "variant_top1": rows.get(c.variant, {}).get("top1", float("nan")),
+                 "report_lines": len((run.benchmark_dir / "report.md").read_text(encoding="utf-8").splitlines())}
+    return {
+        "command": " ".join(["edgeclf scale-check", *sys.argv[2:]]),
+        "classes": c.classes, "images_listed": report["files_listed"], "images_used": report["images_used"],
+        "skipped": report["skipped"], "skipped_by_reason": report["skipped_by_reason"],
+        "scan_seconds": report.get("scan_seconds"), "backbone": c.backbone, "image_size": c.image_size,
+        "epochs": c.epochs, "variant": c.variant, "cpu_flags": cpu_flags(),
+        "cache": (f"in memory ({mib:.0f} MiB of decoded uint8, under the {cfg['cache_limit_gb']:g} GiB limit)" if fits
+                  else f"off ({mib:.0f} MiB would exceed the {cfg['cache_limit_gb']:g} GiB limit)"),
+        "stages": stages, "pipeline": pipe, "benchmark_report": bench,
+        "pipeline_fast_enough": pipe["ratio"] >= PIPELINE_MIN_RATIO,
+    }

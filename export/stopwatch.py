@@ -2,7 +2,7 @@
 import time
 
 
-class Stages(dict):
+class Stopwatch(dict):
     """{stage: seconds}; lap(stage) records the time since the previous lap (or since it was made)."""
 
     def __init__(self):

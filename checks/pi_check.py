@@ -1,4 +1,4 @@
-"""python -m benchmark.pi_check --run runs/<name> [--variant V]
+"""`edgeclf pi-check --run runs/<name> [--variant V]`
 
 The bundle, run where users deploy it: an emulated aarch64 Raspberry Pi OS-like Python.
 
@@ -19,6 +19,7 @@ Exit 0 pass, 1 a failure (named), 2 bad input, 3 this machine cannot run the emu
 root, no apt-get, no Debian mirror): one `unavailable:` line.
 """
 import hashlib
+import http.client
 import json
 import os
 import re
@@ -32,7 +33,7 @@ import time
 from pathlib import Path
 
 from edge_runtime.files import write_json
-from train.shared.progress import logger
+from runlib.progress import logger
 
 SUITE = "bookworm"  # Raspberry Pi OS 12 is built on it: Python 3.11.2, glibc 2.36
 GLIBC_MINOR = 36
@@ -195,8 +196,12 @@ def serve_smoke(guest, bundle, timeout):
         try:
             while answer is None and proc.poll() is None and time.monotonic() < deadline:
                 try:
-                    if request(port, "GET", "/health", timeout=60)[0] == 200:
-                        answer = request(port, "POST", "/v1/classify?top_k=3", image, "image/jpeg", timeout=600)
+                    if request(port, "GET", "/health")[0] == 200:
+                        slow = http.client.HTTPConnection("127.0.0.1", port, timeout=600)  # emulated: minutes
+                        try:
+                            answer = request(port, "POST", "/v1/classify?top_k=3", image, "image/jpeg", slow)
+                        finally:
+                            slow.close()
                 except OSError:
                     time.sleep(2)
         finally:
@@ -234,7 +239,7 @@ def check(run, variants=None, dist=Path("dist"), cache=None, timeout=3600):
 
 
 def _check(run, variants, dist, cache, timeout, build):
-    from train.shared import scratch
+    from runlib import scratch
 
     tarball = build(run, variants, dist)
     ensure_tools()
@@ -286,14 +291,14 @@ def failures(result):
 
 
 def run_command(o):
-    """`edgeclf pi-check`: options by name (train/shared/options.py)."""
-    from train.shared.options import defaults
-    from train.shared.run_folder import resolve_run
+    """`edgeclf pi-check`: options by name (runlib/options.py)."""
+    from runlib.options import resolve
+    from runlib.run_folder import resolve_run
 
-    o = {**defaults("pi-check"), **o}
-    run = resolve_run(o["run"])
+    c = resolve("pi-check", o)
+    run = resolve_run(c.run)
     try:
-        result = check(run, o["variant"], Path(o["dist"]), o["cache"])
+        result = check(run, c.variant, Path(c.dist), c.cache)
     except Unavailable as e:
         print(f"unavailable: {e}", file=sys.stderr)
         return 3
@@ -314,8 +319,3 @@ def run_command(o):
         f"({s['variant']}), then stopped on SIGTERM; {out}")
     return 0
 
-
-if __name__ == "__main__":
-    from train.cli import main
-
-    sys.exit(main(["pi-check", *sys.argv[1:]]))
