@@ -118,8 +118,8 @@ TRAIN = (
     Option("epochs_finetune", 10, "phase 2 epochs (deeper layers unfrozen); 0 skips phase 2", type=int, demo=2,
       group="training", make="EPOCHS_FINETUNE", low=0, resume=True),
     Option("batch_size", 32, "global batch size", type=int, group="training", make="BATCH", low=1, resume=True),
-    Option("lr", 1e-3, "phase 1 learning rate", type=float, group="training", low=0, above=True, resume=True),
-    Option("lr_finetune", 1e-4, "phase 2 learning rate", type=float, group="training", low=0, above=True, resume=True),
+    Option("lr", 1e-3, "phase 1 learning rate", type=float, group="training", low=0, resume=True),
+    Option("lr_finetune", 1e-4, "phase 2 learning rate", type=float, group="training", low=0, resume=True),
     Option("schedule", "plateau", "learning rate per phase: plateau cuts it 0.3x when validation stalls; cosine warms "
       "up for --warmup-epochs then decays to 1%% by the phase's last epoch", choices=("plateau", "cosine"),
       group="training", resume=True),
@@ -178,7 +178,7 @@ EXPORT = (
     Option("calibration_images", 300, "representative images for int8 (or the whole training split if smaller)",
       type=int, make="CALIB", low=1),
     Option("qat_epochs", 2, "quantization-aware fine-tuning epochs", type=int, demo=1, make="QAT_EPOCHS", low=0),
-    Option("qat_lr", 1e-5, "quantization-aware fine-tuning learning rate", type=float, low=0, above=True),
+    Option("qat_lr", 1e-5, "quantization-aware fine-tuning learning rate", type=float, low=0),
     Option("qat_labels", 0.0, "share of the quantization-aware loss taken from the labels; the rest distils the float "
       "model's probabilities, so the file learns to agree with it (0: agreement only, the file is gated against "
       "Keras; 1: plain QAT on the labels, gated against its own float source)", type=float, low=0, high=1),
@@ -221,9 +221,9 @@ BENCHMARK = (
     Option("min_runs", TIMING["min_runs"], "timed calls per latency figure, at least", type=int, group="timing", low=1),
     Option("min_seconds", TIMING["min_seconds"], "and at least this long", type=float, group="timing", low=0),
     Option("ci", TIMING["ci"], "then stop once the median's 95%% interval is within this fraction of it", type=float,
-      group="timing", low=0, above=True),
+      group="timing", low=0),
     Option("max_seconds", TIMING["max_seconds"], "but no longer than this per figure", type=float,
-           group="timing", low=0, above=True),
+           group="timing", low=0),
 )
 
 BUNDLE = (

@@ -100,3 +100,20 @@ def test_a_new_backbone_and_a_new_variant_are_one_row_each(tmp_path, monkeypatch
     assert list(manifest["variants"]) == [row.name] and manifest["selfcheck"]["kinds"] == {row.name: "float"}
     proc = run_cli("-m", "edge_runtime", "selfcheck", "--bundle", str(bundle))
     assert proc.returncode == 0 and f"ok    {row.name}" in proc.stdout, proc.stdout + proc.stderr
+
+
+def test_importing_the_packages_sets_nothing_and_loads_no_tensorflow():
+    """TensorFlow is set up where it is imported (runlib.tf_setup), never as a side effect of importing a package."""
+    import os
+    import subprocess
+    import sys
+
+    code = ("import os, sys; before = dict(os.environ); "
+            "import train, export, benchmark, checks, edgeclf.cli, train.fit, export.exporter, benchmark.evaluate; "
+            "changed = sorted(k for k in set(os.environ) | set(before) if os.environ.get(k) != before.get(k)); "
+            "print(changed, 'tensorflow' in sys.modules)")
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("TF_USE_LEGACY_KERAS", "TF_CPP_MIN_LOG_LEVEL", "CUDA_VISIBLE_DEVICES")}
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "[] False", proc.stdout

@@ -76,7 +76,7 @@ def test_mediapipe_image_classifier_loads_our_files_and_names_our_classes(tiny_e
         model = tiny_export.export_dir / json.loads((tiny_export.export_dir / "manifest.json").read_text())[
             "variants"][variant]["file"]
         out = tmp_path / f"{variant}.json"
-        proc = subprocess.run([py, str(REPO / "benchmark" / "mediapipe_classify.py"), str(model),
+        proc = subprocess.run([py, str(REPO / "checks" / "mediapipe_classify.py"), str(model),
                                str(tmp_path / "pixels.npy"), str(out)], capture_output=True, text=True, timeout=900)
         assert proc.returncode == 0, proc.stderr[-3000:]
         results = json.loads(out.read_text())

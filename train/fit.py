@@ -1,7 +1,9 @@
 """One training run, start to finish: the run folder, the data, two phases with resume, evaluation, plots.
 
 train/run_start.py opens the folder and writes what it holds before training; train/distribute.py says where
-training runs; train/phases.py trains the phases; train/checkpoints.py commits every epoch.
+training runs; train/phases.py trains the phases; train/checkpoints.py commits every epoch. TensorFlow is
+imported only once the run is open (phases and the input pipeline load it): a multi-replica run must set
+TF_ENABLE_ONEDNN_OPTS before that.
 """
 import os
 import shutil
@@ -17,8 +19,6 @@ from runlib.scratch import tidy
 from .checkpoints import Checkpoints
 from .config import resolve
 from .distribute import is_chief, log, strategy_for, weights_fingerprint
-from .phases import PhaseTrainer, TrainingData, set_precision
-from .pipeline import dataset, labels_of
 from .run_start import choose_run, open_run, start_run, worker_run
 
 
@@ -71,12 +71,13 @@ def _train_in(opened, cfg, run_arg, chief):
 
 
 def _fit_and_finish(run, cfg, samples, class_names, state):
+    from runlib.tf_setup import device_summary, import_keras, import_tensorflow
+
     from .model import build_model, unfreeze_start
-    from runlib.tf_setup import device_summary, import_tensorflow
+    from .phases import PhaseTrainer, TrainingData, set_precision
 
     tf = import_tensorflow()
     log(f"training runs on {device_summary()}")
-    from runlib.tf_setup import import_keras
     keras = import_keras()
 
     keras.utils.set_random_seed(cfg["seed"])
@@ -111,6 +112,8 @@ def _finish(run, cfg, model, data, state):
     """The inference model saved, its validation and test metrics, the curves and confusion matrices."""
     from runlib.metrics import classification_metrics
     from runlib.plots import confusion_matrices, training_curves
+
+    from .pipeline import dataset, labels_of
 
     from runlib.tf_setup import import_keras
     keras = import_keras()
