@@ -88,9 +88,32 @@ def tiny_export(tiny_run):
     return tiny_run
 
 
+# What needs ../shared: the tiny run fine-tunes its real ImageNet MobileNet; the Leeds tests need its photos.
+NEEDS_WEIGHTS = {"tiny_data", "tiny_run", "tiny_export"}
+SHARED_NAMES = ("TINY_ARGS", "MOBILENET_WEIGHTS", "LEEDS", "TINY")
+
+
+def _needs_shared(item):
+    import inspect
+    import re
+
+    if NEEDS_WEIGHTS & set(getattr(item, "fixturenames", ())):
+        return True
+    try:
+        source = inspect.getsource(item.function)
+    except (OSError, TypeError):
+        return False
+    return any(re.search(rf"\b{name}\b", source) for name in SHARED_NAMES)
+
+
 def pytest_collection_modifyitems(config, items):
     """Tests that need every variant exported (QAT's fine-tuning included: minutes) are slow, whether or
-    not they say so, so `make test-fast` stays fast."""
+    not they say so, so `make test-fast` stays fast. Without ../shared beside the repository (a user's fresh
+    clone), the tests that need its weights or photos skip and say why; the others run."""
+    missing = not MOBILENET_WEIGHTS.is_file()
     for item in items:
         if "tiny_export" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.slow)
+        if missing and _needs_shared(item):
+            item.add_marker(pytest.mark.skip(reason=f"needs {MOBILENET_WEIGHTS} (../shared beside the repository: the "
+                                                    "ImageNet MobileNet the tiny run fine-tunes, the Leeds photos)"))
