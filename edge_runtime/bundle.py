@@ -24,6 +24,13 @@ SELECTION = "selection.json"
 REFERENCE = "reference"
 
 
+def inside(folder, name, where):
+    """`name` relative to folder, refused unless it stays inside it (a reference must not read other files)."""
+    if not isinstance(name, str) or not name or Path(name).is_absolute() or ".." in Path(name).parts or "\\" in name:
+        raise InputError(f"{where}: {name!r} is not a path inside {folder}")
+    return folder / name
+
+
 class Bundle:
     def __init__(self, path="."):
         self.path = Path(path)
@@ -58,6 +65,8 @@ class Bundle:
                              "`make bundle`")
         try:
             meta = json.loads(meta_file.read_text(encoding="utf-8"))
+            for name in [meta["pixels"], meta["probabilities"]] + [i["file"] for i in meta["images"]]:
+                inside(folder, name, meta_file)
             pixels = np.load(folder / meta["pixels"], allow_pickle=False)
             with np.load(folder / meta["probabilities"], allow_pickle=False) as z:
                 probs = {k: z[k] for k in z.files}
@@ -80,7 +89,8 @@ class Bundle:
 
     def chosen(self, threads=None):
         """(variant, why): the fastest candidate `select` measured on this kind of machine for this thread
-        count (1, or all cores), else the first candidate."""
+        count, else the first candidate. None means the runtimes' default, one thread: predict, watch and each of
+        serve's workers then run the same file; only an explicit --threads above 1 takes the all-cores choice."""
         sel = self.selection()
         first = self.candidates[0]
         if sel is None:
@@ -88,7 +98,7 @@ class Bundle:
         if sel.get("machine") != signature():
             return first, (f"{SELECTION} was measured on another kind of machine ({sel.get('machine')}); "
                            f"using the bundle's first candidate, {first} (run `select` here)")
-        key = "1" if threads == 1 else "all"
+        key = "all" if threads and threads > 1 else "1"
         variant = (sel.get("choice") or {}).get(key)
         if variant not in self.candidates:
             return first, f"{SELECTION} names no candidate of this bundle; using {first} (run `select` again)"

@@ -57,7 +57,9 @@ class Classifier:
         self.variant, self.entry, manifest = None, None, None
         if self.path.is_file():
             self.variant, self.entry, manifest = find_manifest_entry(self.path)
-        if verify and self.entry and self.entry.get("sha256"):
+        if verify and self.entry and not self.entry.get("sha256"):
+            raise InputError(f"{self.path}: {MANIFEST} describes it without a sha256, so it cannot be verified")
+        if verify and self.entry:
             actual = sha256_file(self.path)
             if actual != self.entry["sha256"]:
                 raise InputError(f"{self.path}: checksum mismatch with {MANIFEST} "

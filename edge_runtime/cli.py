@@ -14,7 +14,7 @@ import argparse
 import json
 import sys
 
-from .errors import InputError, exit_code
+from .errors import InputError, exit_code, printable, tolerant_output
 
 MODEL_SUFFIXES = (".tflite", ".onnx")
 EXAMPLES = {
@@ -73,6 +73,8 @@ def _selfcheck_arguments(sub):
     s = _sub(sub, "selfcheck", "run each shipped file on the reference images and compare with the build machine")
     s.add_argument("--bundle", default=".", help="the unpacked bundle (default: the current folder)")
     s.add_argument("--json", metavar="FILE", help="also write the full result as JSON")
+    s.add_argument("--expect", metavar="SHA256", help="the manifest's checksum as printed where the bundle was built: "
+                                                      "refuse a bundle whose manifest is another")
 
 
 def _select_arguments(sub):
@@ -114,6 +116,12 @@ def _serve_arguments(sub):
     s.add_argument("--timeout", type=float, default=d.timeout,
                    help="seconds per request, body to answer (default %(default)s)")
     s.add_argument("--top-k", type=int, default=d.top_k, help="classes per answer unless ?top_k= (default %(default)s)")
+    s.add_argument("--header-timeout", type=float, default=d.header_timeout,
+                   help="seconds a connection may take to send a request's headers; idle and slow connections are "
+                        "closed after it (default %(default)s)")
+    s.add_argument("--max-connections", type=int, default=d.max_connections,
+                   help="open connections served fully; beyond, only /health and /metrics answer, others get a JSON 503 "
+                        "(default %(default)s)")
     s.add_argument("--access-log", action="store_true", help="log every request")
 
 
@@ -184,9 +192,9 @@ def cmd_predict(args):
                 "image": image, "top_k": [{"label": l, "probability": round(p, 6)} for l, p in top]}
             print(json.dumps(row), flush=True)
         elif error:
-            print(f"error: {error}", file=sys.stderr, flush=True)
+            print(f"error: {printable(error)}", file=sys.stderr, flush=True)
         else:
-            print(f"{image}: " + ", ".join(f"{l} {p:.3f}" for l, p in top), flush=True)
+            print(f"{printable(image)}: " + ", ".join(f"{l} {p:.3f}" for l, p in top), flush=True)
     if failed:
         if total > 1:
             print(f"error: {failed} of {total} images could not be classified", file=sys.stderr)
@@ -200,12 +208,15 @@ def cmd_selfcheck(args):
     from . import selfcheck
     from .files import write_json
 
-    result = selfcheck.run(args.bundle)
-    for r in result["results"]:
+    result = selfcheck.run(args.bundle, expect=args.expect)
+    for r in [result["integrity"], *result["results"]]:
         print(r["line"], flush=True)
     if args.json:
         write_json(args.json, result)
     if not result["passed"]:
+        if not result["integrity"]["passed"]:
+            print("error: the bundle was altered since it was built: it is not run", file=sys.stderr)
+            return 1
         print(f"error: {sum(not r['passed'] for r in result['results'])} check(s) failed: this machine does not "
               "reproduce the build machine's outputs", file=sys.stderr)
         return 1
@@ -231,13 +242,17 @@ def cmd_serve(args):
     from .bundle import resolve_model
     from .serve import Limits, serve
 
-    _positive(workers=args.workers, threads=args.threads, queue=args.queue, max_bytes=args.max_bytes, top_k=args.top_k)
-    if args.timeout <= 0:
-        raise InputError("--timeout must be above 0")
+    _positive(workers=args.workers, threads=args.threads, queue=args.queue, max_bytes=args.max_bytes, top_k=args.top_k,
+              max_connections=args.max_connections)
+    if args.timeout <= 0 or args.header_timeout <= 0:
+        raise InputError("--timeout and --header-timeout must be above 0")
+    if not 0 <= args.port <= 65535:
+        raise InputError(f"--port must be between 0 and 65535, got {args.port}")
     notes: list[str] = []
     model = resolve_model(args.model, args.bundle, args.threads, log=notes.append)
     limits = Limits(max_bytes=args.max_bytes, timeout=args.timeout, queue=args.queue, workers=args.workers,
-                    threads=args.threads, top_k=args.top_k)
+                    threads=args.threads, top_k=args.top_k, header_timeout=args.header_timeout,
+                    max_connections=args.max_connections)
     for n in notes:
         print(n, flush=True)
     serve(model, limits, (args.host, args.port), why=notes[0] if notes else "given with --model",
@@ -277,5 +292,6 @@ COMMANDS = {"predict": cmd_predict, "selfcheck": cmd_selfcheck, "select": cmd_se
 
 
 def main(argv=None, prog="python -m edge_runtime"):
+    tolerant_output()
     args = parser(prog).parse_args(argv)
     return exit_code(args.handler, args)

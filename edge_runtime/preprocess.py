@@ -50,6 +50,19 @@ def check_contract(c):
     return int(h), int(w)
 
 
+def _regular_file(path, name):
+    """Refuse what is not a regular file before opening it: reading a FIFO waits for a writer for ever, and a
+    device or socket is no image."""
+    import stat
+
+    mode = path.stat().st_mode  # FileNotFoundError is reported by the caller
+    if stat.S_ISDIR(mode):
+        raise IsADirectoryError(name)
+    if not stat.S_ISREG(mode):
+        kind = "a FIFO" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode) else "a device or special file"
+        raise InputError(f"{name}: not a regular file ({kind})")
+
+
 def _open(source):
     """A fully decoded PIL image from a path, bytes, PIL image or array."""
     if isinstance(source, Image.Image):
@@ -72,6 +85,7 @@ def _open(source):
             img = Image.open(io.BytesIO(bytes(source)), formats=formats)
         else:
             name = str(source)
+            _regular_file(Path(source), name)
             img = Image.open(Path(source), formats=formats)
         w, h = img.size
         if w * h > MAX_PIXELS:

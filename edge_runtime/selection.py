@@ -25,6 +25,8 @@ def select(bundle_dir=".", timing=None, threads=None, log=print):
     timing = dict(DEFAULTS, **(timing or {}))
     bundle = Bundle(bundle_dir)
     check = selfcheck.run(bundle_dir)
+    if not check["integrity"]["passed"]:
+        raise InputError(f"{bundle.path}: {check['integrity']['line'].removeprefix('FAIL  ')}; nothing selected")
     excluded = {r["variant"]: r["line"] for r in check["results"][1:] if not r["passed"]}
     for line in excluded.values():
         log(f"not a candidate here: {line}")

@@ -3,6 +3,8 @@ reference images and compared with the probabilities recorded where the bundle w
 
 The tolerances below are the only statement of how close is close enough; `make pi-check` uses them too.
 """
+from pathlib import Path
+
 import numpy as np
 
 from .bundle import Bundle
@@ -83,11 +85,46 @@ def check_decoding(ref):
     return {"variant": "decode", "passed": ok, "max_pixel_diff": worst, "line": line}
 
 
-def run(bundle_dir=".", variants=None):
-    """{"passed": bool, "results": [decode, then each candidate]}."""
+def check_integrity(bundle, expect=None):
+    """Every file the bundle holds against the checksum its manifest records (which must be there), and the
+    manifest itself against `expect`, the checksum printed where the bundle was built."""
+    from .files import MANIFEST, sha256_file
+
+    problems = []
+    actual = sha256_file(bundle.path / MANIFEST)
+    if expect and actual != expect.strip().lower():
+        problems.append(f"{MANIFEST} is not the one built (sha256 {actual[:12]}..., expected {expect.strip()[:12]}...)")
+    files = (bundle.manifest.get("bundle") or {}).get("files")
+    if not isinstance(files, dict) or not files:
+        problems.append(f"{MANIFEST} records no checksums of the bundle's files (rebuild it with `make bundle`)")
+        files = {}
+    for variant in bundle.candidates:
+        if not bundle.entry(variant).get("sha256"):
+            problems.append(f"{variant} has no sha256 in {MANIFEST}")
+    root = bundle.path.resolve()
+    for name, digest in sorted(files.items()):
+        path = (bundle.path / name).resolve()
+        if Path(name).is_absolute() or ".." in Path(name).parts or not path.is_relative_to(root):
+            problems.append(f"{name!r} points outside the bundle")
+        elif not path.is_file():
+            problems.append(f"{name} is missing")
+        elif sha256_file(path) != digest:
+            problems.append(f"{name} changed since the bundle was built")
+    line = (f"ok    files: {len(files)} files match the manifest's checksums" + (", and the manifest the one built"
+                                                                                   if expect else "")
+            if not problems else f"FAIL  files: {'; '.join(problems[:3])}"
+            + (f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""))
+    return {"variant": "files", "passed": not problems, "problems": problems, "manifest_sha256": actual, "line": line}
+
+
+def run(bundle_dir=".", variants=None, expect=None):
+    """{"passed": bool, "integrity": the files' check, "results": [decode, then each candidate]}."""
     bundle = Bundle(bundle_dir)
+    integrity = check_integrity(bundle, expect)
+    if not integrity["passed"]:  # an altered bundle is not run at all
+        return {"passed": False, "integrity": integrity, "images": [], "recorded_on": None, "results": []}
     ref = bundle.reference()
     names = variants or bundle.candidates
     results = [check_decoding(ref)] + [check_file(bundle, v, ref) for v in names]
-    return {"passed": all(r["passed"] for r in results), "images": [i["file"] for i in ref["images"]],
-            "recorded_on": ref.get("recorded_on"), "results": results}
+    return {"passed": all(r["passed"] for r in results), "integrity": integrity,
+            "images": [i["file"] for i in ref["images"]], "recorded_on": ref.get("recorded_on"), "results": results}

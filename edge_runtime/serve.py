@@ -19,6 +19,7 @@ service keeps serving.
 import asyncio
 import contextlib
 import queue
+import re
 import signal
 import threading
 import time
@@ -47,6 +48,14 @@ class Limits:
     workers: int = field(default_factory=cores)
     threads: int = 1  # per worker: workers x threads should not exceed the cores
     top_k: int = 5
+    header_timeout: float = 10.0  # seconds a connection may take to send a request's headers (http_guard.py)
+    max_connections: int = 256  # open connections served fully; beyond, /health and /metrics only (http_guard.py)
+
+    @property
+    def in_flight(self):
+        """Classify requests handled at once (reading a body, waiting or running); beyond, 503 at once. Twice
+        what the workers and the queue hold: as many again may be reading their bodies meanwhile."""
+        return 2 * (self.queue + self.workers)
 
 
 class HTTPError(Exception):
@@ -135,6 +144,8 @@ class Metrics:
                                    buckets=LATENCY_BUCKETS, registry=r)
         self.inflight = Gauge("edgeclf_requests_in_flight", "classify requests being handled", registry=r)
         self.queue_depth = Gauge("edgeclf_queue_depth", "jobs waiting for a worker", registry=r)
+        self.connections = Counter("edgeclf_connection_events",
+                                   "connections the server closed, refused or limited, by reason", ["reason"], registry=r)
         Info("edgeclf_model", "the model served and the runtime serving it", registry=r).info(
             {k: str(v) for k, v in info.items()})
 
@@ -218,9 +229,10 @@ async def image_bytes(request, body, limits):
 
 
 def top_k_of(request, limits, classes):
+    """?top_k=N: ASCII digits only (str.isdigit() takes '²', which int() refuses) and at most 6 of them."""
     raw = request.query_params.get("top_k", str(limits.top_k))
-    if not raw.isdigit() or int(raw) < 1:
-        raise HTTPError(400, "bad_request", f"top_k must be a whole number of at least 1, got {raw!r}")
+    if not re.fullmatch(r"[0-9]{1,6}", raw) or int(raw) < 1:
+        raise HTTPError(400, "bad_request", f"top_k must be a whole number of at least 1, got {raw[:20]!r}")
     return min(int(raw), classes)
 
 
@@ -235,6 +247,17 @@ class Service:
                                 "format": self.info["format"],
                                 **{f"version_{k}": v for k, v in self.info["versions"].items()}})
         self.pool: Pool | None = None  # set while the app runs (lifespan)
+        self.busy = 0  # classify requests in flight (the event loop's own count: no lock needed)
+
+    async def not_handled(self, request, exc):
+        """The framework's own errors (no such route, a method the route does not take) as JSON, counted."""
+        status = getattr(exc, "status_code", 500)
+        kind = {404: "not_found", 405: "method_not_allowed"}.get(status, "bad_request" if status < 500 else "internal")
+        message = {404: f"no such path {request.url.path!r}", 405: f"{request.method} is not allowed here"}.get(
+            status, getattr(exc, "detail", None) or type(exc).__name__)
+        known = request.url.path in ("/v1/classify", "/v1/model", "/health", "/metrics")
+        self.metrics.requests.labels(request.url.path if known else "other", str(status)).inc()
+        return self.error(HTTPError(status, kind, message, dict(getattr(exc, "headers", None) or {})))
 
     def error(self, e):
         from starlette.responses import JSONResponse
@@ -246,6 +269,12 @@ class Service:
         from starlette.responses import JSONResponse
 
         start = time.perf_counter()
+        if self.busy >= self.limits.in_flight:  # refused before reading the body: a flood costs no memory
+            response = self.error(HTTPError(503, "busy", f"{self.busy} requests in flight, the limit; retry shortly",
+                                            {"Retry-After": "1"}))
+            self.metrics.requests.labels("/v1/classify", "503").inc()
+            return response
+        self.busy += 1
         self.metrics.inflight.inc()
         try:
             result, job = await self._answer(request, start)
@@ -260,6 +289,7 @@ class Service:
         except Exception as e:  # noqa: BLE001  the service must outlive any one request
             response = self.error(HTTPError(500, "internal", f"{type(e).__name__}: {e}"))
         finally:
+            self.busy -= 1
             self.metrics.inflight.dec()
         self.metrics.requests.labels("/v1/classify", str(response.status_code)).inc()
         return response
@@ -317,9 +347,12 @@ def create_app(model, limits=None, why="given"):
     from starlette.applications import Starlette
     from starlette.routing import Route
 
+    from starlette.exceptions import HTTPException
+
     svc = Service(model, limits or Limits(), why)
     app = Starlette(routes=[Route("/v1/classify", svc.classify, methods=["POST"]), Route("/v1/model", svc.model_route),
-                            Route("/health", svc.health), Route("/metrics", svc.metrics_route)], lifespan=svc.lifespan)
+                            Route("/health", svc.health), Route("/metrics", svc.metrics_route)], lifespan=svc.lifespan,
+                    exception_handlers={HTTPException: svc.not_handled, Exception: svc.not_handled})
     app.state.service = svc
     return app
 
@@ -332,10 +365,14 @@ def serve(model, limits, address=("127.0.0.1", 8080), why="given", access_log=Fa
     app = create_app(model, limits, why)
     log(f"serving {Path(model).name} on http://{host}:{port} ({limits.workers} worker(s) x {limits.threads} thread(s), "
         f"queue {limits.queue}, body limit {limits.max_bytes} bytes, timeout {limits.timeout:g} s)")
+    from .http_guard import protocol_for
+
+    counter = app.state.service.metrics.connections
     config = uvicorn.Config(app, host=host, port=port, access_log=access_log, log_level="warning",
                             timeout_graceful_shutdown=int(limits.timeout) + 5, lifespan="on",
-                            # connections beyond what the queue can take are refused at once with 503
-                            limit_concurrency=limits.queue + limits.workers + 64)
+                            # idle and slow-header connections closed, open connections capped, errors as JSON
+                            http=protocol_for(limits, lambda reason: counter.labels(reason).inc()),
+                            timeout_keep_alive=max(1, min(5, int(limits.header_timeout))))
     # Uvicorn finishes the requests in flight on SIGTERM/SIGINT, then raises the signal again for whatever
     # handler was there before it: this one, so the process ends normally and says so
     for sig in (signal.SIGTERM, signal.SIGINT):

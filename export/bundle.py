@@ -15,18 +15,19 @@ With the candidates go: a few of the run's test images, their pixels and each ca
 probabilities computed here (what `selfcheck` compares the device against), edge_runtime as a wheel,
 requirements.txt pinning it and everything it needs, a systemd unit for `serve`, and a README.
 """
+import gzip
+import hashlib
 import io
 import json
 import tarfile
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 
 from edge_runtime.classifier import LABELS, Classifier
 from edge_runtime.errors import InputError
-from edge_runtime.files import MANIFEST, atomic_path, plain_name, sha256_file
+from edge_runtime.files import MANIFEST, atomic_path, plain_name, sha256_file, write_text
 from edge_runtime.machine import runtime_versions, signature
 from runlib.progress import logger
 
@@ -284,7 +285,8 @@ def members(plan, work):
     slim = {k: v for k, v in manifest.items() if k not in ("variants", "runtime_settings")}  # tuned for this host only
     slim.update(run=run.path.name, variants=entries,
                 selfcheck={"kinds": {v: table.get(v).selfcheck_kind for v in entries}},
-                bundle={"name": name, "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                # the export's time, not the build's: two builds of one export are byte for byte the same
+                bundle={"name": name, "created_at": manifest.get("updated_at"),
                         "candidates": list(entries), "gate": gate, "gate_status": statuses,
                         "edge_runtime": runtime_wheel.version()})
     wheel = runtime_wheel.build(work)
@@ -306,6 +308,9 @@ def members(plan, work):
     out += [(f"reference/images/{n}", Path(src).read_bytes()) for n, src in zip(names, sources)]
     if card.is_file():
         out.append(("MODEL_CARD.md", card.read_bytes()))
+    # every other file the bundle holds, by checksum: selfcheck refuses one that is missing or changed
+    slim["bundle"]["files"] = {arc: hashlib.sha256(data).hexdigest() for arc, data in out if arc != MANIFEST}
+    out = [(arc, (json.dumps(slim, indent=2) + "\n").encode() if arc == MANIFEST else data) for arc, data in out]
     return out, requirements
 
 
@@ -345,13 +350,20 @@ def _build(run, variants, dist, count):
         files, requirements = members(Plan(run, variants, manifest, measured, gate, name, count), work)
     out = Path(dist) / f"{name}.tar.gz"
     with atomic_path(out, suffix=".tar.gz") as tmp:
-        with tarfile.open(tmp, "w:gz") as tar:
+        # reproducible: no owner, no times, not even the gzip header's
+        with open(tmp, "wb") as raw, gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0) as gz, \
+                tarfile.open(fileobj=gz, mode="w", format=tarfile.PAX_FORMAT) as tar:
             for arc, data in files:
                 info = tarfile.TarInfo(f"{name}/{arc}")
-                info.size, info.mode, info.mtime = len(data), 0o644, 0  # reproducible: no owner, no time
+                info.size, info.mode, info.mtime = len(data), 0o644, 0
                 tar.addfile(info, io.BytesIO(data))
+    digest = sha256_file(out)
+    write_text(out.with_name(out.name + ".sha256"), f"{digest}  {out.name}\n")  # `sha256sum -c` reads it
+    manifest_sha = hashlib.sha256(dict(files)[MANIFEST]).hexdigest()
     log(f"{out}: {out.stat().st_size / 1e6:.1f} MB, candidates {', '.join(variants)}; "
         f"{len(requirements) - 3} pinned requirements")
+    log(f"sha256 {digest} (also in {out.name}.sha256); its manifest.json: {manifest_sha} "
+        f"(on the device: selfcheck --expect {manifest_sha})")
     return out
 
 

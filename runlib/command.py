@@ -7,7 +7,7 @@ the same runners (each stage's `command.run_command`), so the two spellings cann
 import argparse
 import sys
 
-from edge_runtime.errors import exit_code
+from edge_runtime.errors import exit_code, tolerant_output
 
 from . import progress
 from .options import add_options, collect, given
@@ -59,6 +59,7 @@ def verbosity_options(parser):
 
 def run(parser, argv=None):
     """Parse argv, set the verbosity, run the chosen handler: its exit code, 2 for bad input, 130 if interrupted."""
+    tolerant_output()
     args = parser.parse_args(argv)
     progress.set_verbosity(progress.QUIET if args.quiet else progress.VERBOSE if args.verbose else progress.NORMAL)
     try:

@@ -93,8 +93,8 @@ def test_selfcheck_passes_on_the_machine_that_built_the_bundle(device, tmp_path)
     proc = edge("selfcheck", "--json", "out.json", cwd=copy_bundle(device, tmp_path))
     assert proc.returncode == 0, proc.stdout + proc.stderr
     lines = proc.stdout.splitlines()
-    assert [l.split(":")[0] for l in lines] == ["ok    decode", "ok    tflite-int8", "ok    onnx-int8"]
-    assert "6/6 same top-1" in lines[1]
+    assert [l.split(":")[0] for l in lines] == ["ok    files", "ok    decode", "ok    tflite-int8", "ok    onnx-int8"]
+    assert "6/6 same top-1" in lines[2]
 
 
 def test_selfcheck_fails_in_one_line_when_a_file_was_altered(device, tmp_path):
@@ -106,9 +106,14 @@ def test_selfcheck_fails_in_one_line_when_a_file_was_altered(device, tmp_path):
         f.write(bytes([b[0] ^ 0xFF]))
     proc = edge("selfcheck", cwd=bundle)
     assert proc.returncode == 1
+    lines = proc.stdout.splitlines()  # the bundle's own checksums catch it first, and nothing is run
+    assert lines == ["FAIL  files: model-int8.onnx changed since the bundle was built"], lines
+    assert "altered" in proc.stderr
+    seal(bundle)  # with the checksum list rewritten to match, the manifest's own entry for the file still catches it
+    proc = edge("selfcheck", cwd=bundle)
     lines = proc.stdout.splitlines()
-    assert lines[1].startswith("ok    tflite-int8")
-    assert lines[2].startswith("FAIL  onnx-int8") and "checksum mismatch" in lines[2] and len(lines) == 3
+    assert proc.returncode == 1 and lines[2].startswith("ok    tflite-int8")
+    assert lines[3].startswith("FAIL  onnx-int8") and "checksum mismatch" in lines[3] and len(lines) == 4
     assert "1 check(s) failed" in proc.stderr
 
 
@@ -129,6 +134,7 @@ def test_selfcheck_fails_when_this_runtime_rounds_differently_beyond_the_toleran
         p = probs["tflite-int8"].copy()
         p[3, p[3].argmin()] += shift  # as if the host had rounded this output differently
         np.savez(bundle / "reference" / "probabilities.npz", **dict(probs, **{"tflite-int8": p}))
+        seal(bundle)
         return edge("selfcheck", cwd=bundle)
 
     assert recorded(1.0 * scale).returncode == 0
@@ -143,8 +149,9 @@ def test_selfcheck_notices_pixels_that_decode_differently(device, tmp_path):
     pixels = np.load(bundle / "reference" / "pixels.npy")
     pixels[0, 0, 0, 0] ^= 1
     np.save(bundle / "reference" / "pixels.npy", pixels)
+    seal(bundle)  # as if the build machine had recorded these pixels
     proc = edge("selfcheck", cwd=bundle)
-    assert proc.returncode == 1 and proc.stdout.startswith("FAIL  decode: 1 of 6 reference images")
+    assert proc.returncode == 1 and proc.stdout.splitlines()[1].startswith("FAIL  decode: 1 of 6 reference images")
 
 
 # ---------------------------------------------------------------- select
@@ -188,6 +195,16 @@ def speed_bundle(root):
     write_json(root / "reference" / "reference.json", {
         "images": [{"file": f"images/{i}.png", "label": "abc"[i]} for i in range(3)], "pixels": "pixels.npy",
         "probabilities": "probabilities.npz"})
+    return seal(root)
+
+
+def seal(root):
+    """Record every file's checksum in the manifest, as `make bundle` does (selfcheck refuses a bundle without)."""
+    manifest = json.loads((root / "manifest.json").read_text())
+    manifest.setdefault("bundle", {})["files"] = {
+        p.relative_to(root).as_posix(): sha256_file(p) for p in sorted(root.rglob("*"))
+        if p.is_file() and p.name not in ("manifest.json", "selection.json")}
+    write_json(root / "manifest.json", manifest)
     return root
 
 
@@ -222,6 +239,7 @@ def test_select_leaves_out_a_file_that_fails_its_selfcheck(tmp_path):
     probs = dict(np.load(bundle / "reference" / "probabilities.npz"))
     probs["light"] = probs["light"][:, ::-1].copy()  # recorded outputs this machine does not reproduce
     np.savez(bundle / "reference" / "probabilities.npz", **probs)
+    seal(bundle)  # as the build machine would have recorded them
     proc = edge("select", "--max-seconds", "2", cwd=bundle)
     assert proc.returncode == 0, proc.stderr
     assert "not a candidate here: FAIL  light" in proc.stdout
