@@ -12,6 +12,7 @@ chose on this machine, or the bundle's first candidate before that.
 """
 import argparse
 import json
+import os
 import sys
 
 from .errors import InputError, exit_code, printable, tolerant_output
@@ -122,6 +123,12 @@ def _serve_arguments(sub):
     s.add_argument("--max-connections", type=int, default=d.max_connections,
                    help="open connections served fully; beyond, only /health and /metrics answer, others get a JSON 503 "
                         "(default %(default)s)")
+    s.add_argument("--allow-host", action="append", default=[], metavar="NAME",
+                   help="also answer requests addressed to this Host name (repeat; '*' for any); the loopback names, "
+                        "the bound address and, bound to 0.0.0.0, this machine's name and addresses are answered")
+    s.add_argument("--token", default=os.environ.get("EDGECLF_TOKEN"),
+                   help="every POST must carry Authorization: Bearer TOKEN (default: $EDGECLF_TOKEN; none). Give one "
+                        "whenever the service listens beyond this machine")
     s.add_argument("--access-log", action="store_true", help="log every request")
 
 
@@ -250,9 +257,15 @@ def cmd_serve(args):
         raise InputError(f"--port must be between 0 and 65535, got {args.port}")
     notes: list[str] = []
     model = resolve_model(args.model, args.bundle, args.threads, log=notes.append)
+    from .http_guard import LOCAL_NAMES, allowed_hosts
+
     limits = Limits(max_bytes=args.max_bytes, timeout=args.timeout, queue=args.queue, workers=args.workers,
                     threads=args.threads, top_k=args.top_k, header_timeout=args.header_timeout,
-                    max_connections=args.max_connections)
+                    max_connections=args.max_connections, hosts=tuple(sorted(allowed_hosts(args.host, args.allow_host))),
+                    token=args.token or None)
+    if args.host not in LOCAL_NAMES and not limits.token:
+        notes.append(f"warning: serving beyond this machine ({args.host}) without --token: anyone who can reach it may "
+                     "classify (docs/deploy.md)")
     for n in notes:
         print(n, flush=True)
     serve(model, limits, (args.host, args.port), why=notes[0] if notes else "given with --model",

@@ -107,3 +107,85 @@ def protocol_for(limits, count):
                                                "max_connections": limits.max_connections,
                                                "ceiling": max(limits.max_connections, hard_ceiling()),
                                                "count": staticmethod(count)})
+
+
+# ---------------------------------------------------------------- who may ask: hosts, origins, a token
+
+LOCAL_NAMES = ("localhost", "127.0.0.1", "::1")
+WILDCARDS = ("0.0.0.0", "::", "")
+
+
+def allowed_hosts(bound, extra=()):
+    """Host header names the service answers: the loopback names, the address it is bound to, and `extra`. Bound to
+    every address (0.0.0.0), also this machine's name (and name.local) and its own addresses."""
+    import socket
+
+    names = set(LOCAL_NAMES) | {h.lower() for h in extra}
+    if bound not in WILDCARDS:
+        names.add(bound.lower())
+    else:
+        me = socket.gethostname().lower()
+        names |= {me, f"{me}.local"}
+        try:
+            names |= {info[4][0] for info in socket.getaddrinfo(me, None)}
+        except OSError:
+            pass
+    return frozenset(names)
+
+
+def _host_of(value):
+    """The name in a Host header or an Origin's authority, without port or IPv6 brackets, lower case."""
+    value = value.strip().lower()
+    if "://" in value:
+        value = value.split("://", 1)[1]
+    value = value.split("/", 1)[0]
+    if value.startswith("["):
+        return value[1:].split("]", 1)[0]
+    return value.rsplit(":", 1)[0] if value.count(":") == 1 else value
+
+
+class RequestGuard:
+    """ASGI middleware: the Host header must be an allowed name (DNS rebinding cannot reach the service through
+    a name an attacker controls); a POST from a web page of another origin is refused (`Sec-Fetch-Site`, else
+    `Origin`), so a page open anywhere on the network cannot submit a form to it; with a token, every POST must
+    carry it (`Authorization: Bearer TOKEN`). Refusals are JSON and counted."""
+
+    def __init__(self, app, hosts, token=None, count=lambda kind: None):
+        self.app, self.hosts, self.token, self.count = app, hosts, token, count
+        self.state = getattr(app, "state", None)  # the wrapped app's state (serve.py keeps the service there)
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http":
+            refusal = self.refusal(scope)
+            if refusal:
+                status, kind, message = refusal
+                self.count(kind)
+                body = json.dumps({"error": {"kind": kind, "message": message}}).encode()
+                headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+                if status == 401:
+                    headers.append((b"www-authenticate", b'Bearer realm="edgeclf"'))
+                await send({"type": "http.response.start", "status": status, "headers": headers})
+                await send({"type": "http.response.body", "body": body})
+                return
+        await self.app(scope, receive, send)
+
+    def refusal(self, scope):
+        """(status, kind, message) when the request is refused, else None."""
+        import hmac
+
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
+        host = _host_of(headers.get("host", ""))
+        if "*" not in self.hosts and host not in self.hosts:
+            return 400, "host_not_allowed", f"Host {host[:100]!r} is not one this service answers (serve --allow-host)"
+        if scope.get("method") != "POST":
+            return None
+        site = headers.get("sec-fetch-site")
+        origin = headers.get("origin")
+        if (site and site not in ("same-origin", "none")) or (
+                not site and origin and origin != "null" and _host_of(origin) not in self.hosts and "*" not in self.hosts):
+            return 403, "cross_site", "a request from a web page of another origin is refused"
+        if self.token:
+            given = headers.get("authorization", "")
+            if not hmac.compare_digest(given.encode(), f"Bearer {self.token}".encode()):
+                return 401, "unauthorized", "this service needs its token: Authorization: Bearer TOKEN"
+        return None

@@ -49,7 +49,14 @@ class Limits:
     threads: int = 1  # per worker: workers x threads should not exceed the cores
     top_k: int = 5
     header_timeout: float = 10.0  # seconds a connection may take to send a request's headers (http_guard.py)
+    hosts: tuple = ()  # Host header names answered (http_guard.allowed_hosts); empty: the loopback names only
+    token: str | None = None  # when set, every POST must carry it
     max_connections: int = 256  # open connections served fully; beyond, /health and /metrics only (http_guard.py)
+
+    @property
+    def body_budget(self):
+        """Bytes of request bodies held at once across requests: four bodies of the largest size. Beyond, 503."""
+        return 4 * self.max_bytes
 
     @property
     def in_flight(self):
@@ -164,8 +171,39 @@ def model_info(model, clf, why):
             "preprocessing": ((clf.manifest or {}).get("preprocessing")), "versions": runtime_versions()}
 
 
-async def read_body(request, limits, deadline):
-    """The request body, refused when larger than limits.max_bytes (413) or slower than the deadline (408)."""
+class BodyBytes:
+    """The bytes of request bodies the service holds at once, against Limits.body_budget: a body that would take the
+    total over it is refused with 503 as it arrives, so many large uploads at once cannot exhaust memory. Counted on
+    the event loop only: no lock."""
+
+    def __init__(self, budget):
+        self.budget, self.held = budget, 0
+
+    def share(self):
+        """A request's share: share.take(n) reserves n more bytes (HTTPError 503 over the budget), share.release()
+        gives all of them back."""
+        bodies = self
+
+        class Share:
+            n = 0
+
+            def take(self, n):
+                if bodies.held + n > bodies.budget:
+                    raise HTTPError(503, "busy", f"{bodies.held} bytes of uploads are being handled, the limit; retry "
+                                                 "shortly", {"Retry-After": "1"})
+                bodies.held += n
+                self.n += n
+
+            def release(self):
+                bodies.held -= self.n
+                self.n = 0
+
+        return Share()
+
+
+async def read_body(request, limits, deadline, share=None):
+    """The request body, refused when larger than limits.max_bytes (413), over the bodies' budget (503; `share`,
+    this request's BodyBytes.share()) or slower than the deadline (408)."""
     from starlette.requests import ClientDisconnect
 
     declared = request.headers.get("content-length")
@@ -179,6 +217,8 @@ async def read_body(request, limits, deadline):
             size += len(chunk)
             if size > limits.max_bytes:
                 raise HTTPError(413, "too_large", f"the body exceeds the limit of {limits.max_bytes} bytes")
+            if share is not None:
+                share.take(len(chunk))
             chunks.append(chunk)
 
     try:
@@ -248,6 +288,7 @@ class Service:
                                 **{f"version_{k}": v for k, v in self.info["versions"].items()}})
         self.pool: Pool | None = None  # set while the app runs (lifespan)
         self.busy = 0  # classify requests in flight (the event loop's own count: no lock needed)
+        self.bodies = BodyBytes(limits.body_budget)
 
     async def not_handled(self, request, exc):
         """The framework's own errors (no such route, a method the route does not take) as JSON, counted."""
@@ -276,8 +317,9 @@ class Service:
             return response
         self.busy += 1
         self.metrics.inflight.inc()
+        share = self.bodies.share()  # the body's bytes count until the answer: waiting in the queue holds them too
         try:
-            result, job = await self._answer(request, start)
+            result, job = await self._answer(request, start, share)
             done = time.perf_counter()
             response = JSONResponse({"top_k": [{"label": l, "probability": p} for l, p in result],
                                      "variant": self.info["variant"], "sha256": self.info["sha256"],
@@ -290,15 +332,17 @@ class Service:
             response = self.error(HTTPError(500, "internal", f"{type(e).__name__}: {e}"))
         finally:
             self.busy -= 1
+            share.release()
             self.metrics.inflight.dec()
         self.metrics.requests.labels("/v1/classify", str(response.status_code)).inc()
         return response
 
-    async def _answer(self, request, start):
-        """(top-k, job) for one request, within the deadline; HTTPError for anything else."""
+    async def _answer(self, request, start, share):
+        """(top-k, job) for one request, within the deadline; HTTPError for anything else. share: this request's
+        share of the bodies' budget, released by the caller once it has answered."""
         limits, deadline = self.limits, start + self.limits.timeout
         top_k = top_k_of(request, limits, len(self.info["labels"]))
-        data = await image_bytes(request, await read_body(request, limits, deadline), limits)
+        data = await image_bytes(request, await read_body(request, limits, deadline, share), limits)
         job = Job(data, top_k, asyncio.get_running_loop())
         if self.pool is None:  # not started yet, or shutting down
             raise HTTPError(503, "unavailable", "the service is starting or stopping; try again")
@@ -354,7 +398,12 @@ def create_app(model, limits=None, why="given"):
                             Route("/health", svc.health), Route("/metrics", svc.metrics_route)], lifespan=svc.lifespan,
                     exception_handlers={HTTPException: svc.not_handled, Exception: svc.not_handled})
     app.state.service = svc
-    return app
+    from .http_guard import LOCAL_NAMES, RequestGuard
+
+    limits = svc.limits
+    guard = RequestGuard(app, frozenset(limits.hosts or LOCAL_NAMES), limits.token,
+                         lambda kind: svc.metrics.errors.labels(kind).inc())
+    return guard
 
 
 def serve(model, limits, address=("127.0.0.1", 8080), why="given", access_log=False, log=print):

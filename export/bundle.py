@@ -59,11 +59,14 @@ bundle was checked with.
 
 ## 2. Check this machine first
 
-    .venv/bin/python -m edge_runtime selfcheck
+    .venv/bin/python -m edge_runtime selfcheck --expect SHA256
 
-It runs every file on the reference images in `reference/` and compares the probabilities with those
-recorded where the bundle was built, within the stated tolerances (a float32 rounding, or one or a
-few output quantization steps for integer files). One line per file; exit 1 means this machine does
+SHA256 is the manifest's checksum `make bundle` printed where the bundle was built (bring it by another channel
+than the bundle). It first checks every file here against the checksums in `manifest.json`, and the manifest
+against SHA256: an altered bundle fails and nothing in it is run. Then it runs every file on the reference
+images in `reference/` and compares the probabilities with those recorded where the bundle was built,
+within the stated tolerances (a float32 rounding, or one or a few output quantization steps for integer
+files). One line per file; exit 1 means this machine does
 not compute what was tested: do not deploy until that is understood.
 
 ## 3. Let the device choose its file
@@ -222,6 +225,8 @@ Type=exec
 User=@USER@
 WorkingDirectory=@BUNDLE@
 ExecStart=@BUNDLE@/.venv/bin/python -m edge_runtime serve --bundle @BUNDLE@ --host 127.0.0.1 --port 8080
+# To serve the network: --host 0.0.0.0, and a token in a file only root reads (EDGECLF_TOKEN=...), e.g.
+# EnvironmentFile=/etc/edgeclf/token
 # SIGTERM: stop accepting, finish the requests in flight, exit
 KillSignal=SIGTERM
 TimeoutStopSec=45

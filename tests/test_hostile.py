@@ -149,6 +149,89 @@ def test_serve_refuses_a_port_out_of_range_in_one_line(small_model):
     assert_one_line_error(proc, "--port")
 
 
+
+def _raw(port, method, path, body=b"", headers=(), host=None):
+    """(status, JSON body) of a request with exactly these headers (Host as given, else 127.0.0.1:port)."""
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        c.putrequest(method, path, skip_host=True)
+        c.putheader("Host", host or f"127.0.0.1:{port}")
+        for k, v in headers:
+            c.putheader(k, v)
+        c.putheader("Content-Length", str(len(body)))
+        c.endheaders(body)
+        r = c.getresponse()
+        return r.status, json.loads(r.read() or b"{}")
+    finally:
+        c.close()
+
+
+def test_cross_site_requests_and_foreign_host_names_are_refused(service, small_model):
+    port, image, ctype = service.port, jpeg(), ("Content-Type", "image/jpeg")
+    refused = [  # (what, method, headers, host, status, kind)
+        ("DNS rebinding: a name the attacker controls", "GET", [], "evil.example:80", 400, "host_not_allowed"),
+        ("a rebound name posting", "POST", [ctype], f"attacker.test:{port}", 400, "host_not_allowed"),
+        ("a form posted from another site", "POST", [ctype, ("Sec-Fetch-Site", "cross-site")], None, 403, "cross_site"),
+        ("a form posted from a sibling site", "POST", [ctype, ("Sec-Fetch-Site", "same-site")], None, 403, "cross_site"),
+        ("an older browser's Origin", "POST", [ctype, ("Origin", "http://evil.example")], None, 403, "cross_site")]
+    for what, method, headers, host, status, kind in refused:
+        got = _raw(port, method, "/v1/classify" if method == "POST" else "/v1/model", image, headers, host)
+        assert got[0] == status and got[1]["error"]["kind"] == kind, (what, got)
+    allowed = [[ctype], [ctype, ("Origin", f"http://127.0.0.1:{port}"), ("Sec-Fetch-Site", "same-origin")],
+               [ctype, ("Sec-Fetch-Site", "none")]]  # curl and scripts; the service's own pages; a typed URL
+    for headers in allowed:
+        assert _raw(port, "POST", "/v1/classify", image, headers)[0] == 200, headers
+    assert _raw(port, "GET", "/health", host=f"localhost:{port}")[0] == 200
+    assert answers_correctly(port, small_model)
+
+
+def test_with_a_token_every_post_must_carry_it(small_model):
+    from checks.serve_check import ServiceProcess
+
+    svc = ServiceProcess(small_model.parent, "--model", str(small_model), "--workers", "1", "--token", "s3cret")
+    try:
+        image, ctype = jpeg(), ("Content-Type", "image/jpeg")
+        status, body = _raw(svc.port, "POST", "/v1/classify", image, [ctype])
+        assert status == 401 and body["error"]["kind"] == "unauthorized"
+        assert _raw(svc.port, "POST", "/v1/classify", image, [ctype, ("Authorization", "Bearer wrong")])[0] == 401
+        assert _raw(svc.port, "POST", "/v1/classify", image, [ctype, ("Authorization", "Bearer s3cret")])[0] == 200
+        assert _raw(svc.port, "GET", "/health")[0] == 200  # reading the health is not classifying
+    finally:
+        svc.stop()
+
+
+
+def test_many_large_uploads_at_once_are_bounded_by_the_bodies_budget(small_model):
+    """Bodies held at once are capped at four of the largest size: twelve uploads of nearly the largest size at
+    once, and those beyond the budget get a JSON 503 as their bytes arrive, not a share of memory."""
+    from checks.serve_check import ServiceProcess, at_once
+
+    svc = ServiceProcess(small_model.parent, "--model", str(small_model), "--workers", "1", "--max-bytes", "2000000",
+                         "--queue", "16")
+    try:
+        statuses = at_once(svc.port, b"\xff\xd8" + b"\0" * 1_900_000, 12)  # not a decodable JPEG: 422 when read
+        assert set(statuses) <= {422, 503} and 503 in statuses, statuses  # how many depends on arrival order
+        metrics = ask(svc.port, "GET", "/metrics")[2].decode()
+        assert 'edgeclf_request_errors_total{kind="busy"}' in metrics
+        assert answers_correctly(svc.port, small_model)
+    finally:
+        svc.stop()
+
+
+def test_the_bodies_budget_counts_every_request_until_it_is_answered():
+    from edge_runtime.serve import BodyBytes, HTTPError
+
+    bodies = BodyBytes(10)
+    first, second = bodies.share(), bodies.share()
+    first.take(6)
+    with pytest.raises(HTTPError) as e:
+        second.take(5)
+    assert e.value.status == 503 and e.value.headers == {"Retry-After": "1"}
+    first.release()
+    second.take(5)
+    assert bodies.held == 5
+
+
 # ---------------------------------------------------------------- special files, loops, names
 
 def test_a_fifo_is_an_error_line_not_a_hang_in_predict_and_watch(small_model, tmp_path):
@@ -302,3 +385,63 @@ def test_no_tampering_passes_selfcheck(built_bundle, tmp_path):
             assert "Traceback" not in proc.stderr, proc.stderr
         selected = run_cli("-m", "edge_runtime", "select", "--bundle", str(bundle), "--max-seconds", "0.2", timeout=120)
         assert selected.returncode != 0 and not (bundle / "selection.json").exists(), (tamper.__name__, selected.stdout)
+
+
+# ---------------------------------------------------------------- memory bounded by design
+
+def test_the_service_stays_under_300_mb_on_the_worst_images_and_gives_the_memory_back(small_model, tmp_path):
+    from checks.serve_check import ServiceProcess, at_once
+
+    from checks.bomb_check import make_bombs, memory_mb
+
+    bombs = make_bombs(tmp_path)
+    svc = ServiceProcess(small_model.parent, "--model", str(small_model), "--workers", "2", "--max-bytes", "20000000")
+    try:
+        assert answers_correctly(svc.port, small_model)
+        start = memory_mb(svc.proc.pid, "VmRSS")
+        for name, (path, expected) in bombs.items():
+            data = path.read_bytes()
+            statuses = at_once(svc.port, data, 2)  # two at once: the large decodes take turns
+            assert statuses == [expected, expected], (name, statuses)
+        peak = memory_mb(svc.proc.pid, "VmHWM")
+        time.sleep(1)
+        after = memory_mb(svc.proc.pid, "VmRSS")
+        assert answers_correctly(svc.port, small_model)
+    finally:
+        svc.stop()
+    assert peak <= 300, peak
+    assert after <= start * 1.1, (start, after)
+
+
+def test_sigterm_stops_watch_within_one_batch_however_many_images_wait(small_model, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    folder = tmp_path / "trap"
+    folder.mkdir()
+    for i in range(400):
+        make_image((200, 40, 40), 64, seed=i).save(folder / f"{i:04d}.png")
+    os.mkfifo(folder / "pipe.png")
+    out = tmp_path / "out.jsonl"
+    proc = subprocess.Popen([sys.executable, "-m", "edge_runtime", "watch", str(folder), "--model", str(small_model),
+                             "--settle", "0", "--out", str(out), "--duration", "120"], cwd=REPO,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while (not out.exists() or not out.read_text()) and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.05)  # until the first batch is written
+        proc.send_signal(signal.SIGTERM)
+        sent = time.monotonic()
+        proc.wait(timeout=30)
+        stopped_after = time.monotonic() - sent
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    written = len(out.read_text().splitlines())
+    assert proc.returncode == 0, proc.stderr.read()
+    assert written < 401, written  # it stopped before the rest, FIFO included
+    assert stopped_after < 10, stopped_after  # one batch of 16 small images, well within

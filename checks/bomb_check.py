@@ -1,0 +1,85 @@
+"""`python -m checks.bomb_check --model MODEL`: the device service's memory on the worst images under the decoding
+budget and on bombs over it, each sent twice at once; prints a Markdown table (docs/trust.md has one).
+
+The service runs on 127.0.0.1 from the model's folder; every image is made here. tests/test_hostile.py sends
+the same images and holds the targets (peak <= 300 MB, resident memory back within 10%).
+"""
+import argparse
+import struct
+import sys
+import tempfile
+from pathlib import Path
+
+from edge_runtime.machine import cpu_flags
+
+
+def make_bombs(folder):
+    """The worst images under the decoding budget in each colour mode, a JPEG that must be decoded smaller, and
+    the issue's 467 KB PNG of 120 megapixels of RGBA, over it."""
+    import math
+
+    from PIL import Image
+
+    from edge_runtime.preprocess import COST_PER_PIXEL, DECODE_BUDGET
+
+    out = {}
+    for mode, fmt in [("RGBA", "PNG"), ("I;16", "PNG"), ("RGB", "PNG"), ("LA", "PNG"), ("L", "PNG"), ("RGB", "JPEG")]:
+        side = int(math.sqrt(DECODE_BUDGET / COST_PER_PIXEL[mode]))
+        path = folder / f"under-{mode.replace(';', '')}.{fmt.lower()}"
+        Image.new(mode, (side, side)).save(path, format=fmt)
+        out[path.name] = (path, 200)
+    for fmt, mode, side, kw in [("GIF", "P", 4096, {}), ("TIFF", "RGB", 4096, {"compression": "tiff_deflate"}),
+                                ("WEBP", "RGB", 2800, {"lossless": True})]:  # the other formats, near the budget
+        path = folder / f"under-{fmt.lower()}.{fmt.lower()}"
+        Image.new(mode, (side, side)).save(path, format=fmt, **kw)
+        out[path.name] = (path, 200)
+    Image.new("RGB", (4096, 4096)).save(folder / "over.webp", format="WEBP", lossless=True)
+    out["over.webp"] = (folder / "over.webp", 422)  # 16 megapixels of WebP: its decoder's own buffers count
+    Image.new("RGB", (12000, 10000), (90, 120, 40)).save(folder / "big.jpg", quality=50)
+    out["big.jpg"] = (folder / "big.jpg", 200)  # decoded at 1/4 of its size, within the budget
+    Image.new("RGBA", (10000, 12000)).save(folder / "over.png")
+    out["over.png"] = (folder / "over.png", 422)  # refused from its header
+    # headers alone that declare gigapixels: 31 and 54 bytes
+    (folder / "over.gif").write_bytes(b"GIF89a" + struct.pack("<HHBBB", 10000, 12000, 0, 0, 0) + b","
+                                      + struct.pack("<HHHHB", 0, 0, 10000, 12000, 0) + b"\x02\x02\x44\x01\x00;")
+    row = (30000 * 3 + 3) // 4 * 4
+    info = struct.pack("<IiiHHIIiiII", 40, 30000, 30000, 1, 24, 0, row * 30000, 2835, 2835, 0, 0)
+    (folder / "over.bmp").write_bytes(b"BM" + struct.pack("<IHHI", 54 + row * 30000, 0, 0, 54) + info)
+    out["over.gif"], out["over.bmp"] = (folder / "over.gif", 422), (folder / "over.bmp", 422)
+    return out
+
+
+def memory_mb(pid, key):
+    """VmRSS (resident now) or VmHWM (the peak) of a process, in MB."""
+    with open(f"/proc/{pid}/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith(key)) / 1024
+
+
+def main(argv=None):
+    from .serve_check import ServiceProcess, at_once, request
+
+    p = argparse.ArgumentParser(prog="python -m checks.bomb_check", description=__doc__.splitlines()[0])
+    p.add_argument("--model", required=True, help="a .tflite or .onnx file (labels.txt beside it)")
+    p.add_argument("--workers", type=int, default=2)
+    a = p.parse_args(argv)
+    model = Path(a.model)
+    with tempfile.TemporaryDirectory() as work:
+        bombs = make_bombs(Path(work))
+        svc = ServiceProcess(model.parent, "--model", str(model), "--workers", str(a.workers), "--max-bytes", "20000000")
+        try:
+            request(svc.port, "GET", "/health")
+            print(f"CPU flags: {' '.join(cpu_flags())}; {a.workers} workers; start: resident "
+                  f"{memory_mb(svc.proc.pid, 'VmRSS'):.0f} MB\n")
+            print("| image (two at once) | file | answers | service peak so far | resident after |")
+            print("|---|---:|---|---:|---:|")
+            for name, (path, _) in bombs.items():
+                statuses = at_once(svc.port, path.read_bytes(), 2)
+                print(f"| {name} | {path.stat().st_size:,} B | {statuses} | {memory_mb(svc.proc.pid, 'VmHWM'):.0f} MB "
+                      f"| {memory_mb(svc.proc.pid, 'VmRSS'):.0f} MB |", flush=True)
+        finally:
+            svc.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
