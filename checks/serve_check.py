@@ -235,7 +235,7 @@ def faults(port, good, big, timeout):
           request(port, "POST", "/v1/classify", body.replace(b"--", b"", 1)[:200], "multipart/form-data")[0])
     check("multipart without a file", 400, request(port, "POST", "/v1/classify", b"", ctype)[0])
     check("oversized upload (declared)", 413, request(port, "POST", "/v1/classify", b"x" * 3_000_001, "image/jpeg")[0])
-    head = ("POST /v1/classify HTTP/1.1\r\nHost: x\r\n"
+    head = ("POST /v1/classify HTTP/1.1\r\nHost: 127.0.0.1\r\n"
             "Content-Type: image/jpeg\r\nTransfer-Encoding: chunked\r\n\r\n").encode()
     chunked = b"".join(b"%x\r\n" % 500_000 + b"x" * 500_000 + b"\r\n" for _ in range(7)) + b"0\r\n\r\n"
     check("oversized upload (chunked, no length)", 413, raw_exchange(port, head, chunked, then="answer", wait=30))
@@ -244,7 +244,7 @@ def faults(port, good, big, timeout):
     check("wrong content type", 415, request(port, "POST", "/v1/classify", good, "text/plain")[0])
     check("empty body", 400, request(port, "POST", "/v1/classify", b"", "image/jpeg")[0])
     check("bad top_k", 400, request(port, "POST", "/v1/classify?top_k=zero", good, "image/jpeg")[0])
-    head = (f"POST /v1/classify HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\n"
+    head = (f"POST /v1/classify HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: image/jpeg\r\n"
             f"Content-Length: {len(good)}\r\n\r\n").encode()
     for _ in range(20):
         raw_exchange(port, head, good[: len(good) // 3], then="close")  # half a body, then gone

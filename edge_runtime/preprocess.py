@@ -225,14 +225,14 @@ def _libc():
 
 
 def _map_large_blocks():
-    """From the first large decode on, glibc serves every allocation of 1 MiB and more (Pillow's image blocks,
-    numpy's arrays) from its own mapping, returned to the system when freed: otherwise its threshold grows and
-    later blocks come from per-thread heaps that keep the memory, and each large image raised resident memory
-    for good. Elsewhere (not glibc) nothing to do."""
+    """From the first large decode on, glibc serves every allocation of 128 KiB and more (Pillow's image blocks,
+    numpy's arrays, libjpeg's buffers) from its own mapping, returned to the system when freed: otherwise its
+    threshold grows and later blocks come from per-thread heaps that keep the memory, and each large image raised
+    resident memory for good. Elsewhere (not glibc) nothing to do."""
     if not _allocator.get("mapped"):
         libc = _libc()
         if libc is not None and hasattr(libc, "mallopt"):
-            libc.mallopt(-3, 1 << 20)  # M_MMAP_THRESHOLD
+            libc.mallopt(-3, 128 << 10)  # M_MMAP_THRESHOLD: glibc's own starting value, kept from growing
         _allocator["mapped"] = True
 
 

@@ -323,7 +323,8 @@ def test_service_drops_a_client_that_stalls_and_one_that_vanishes(tiny_export):
     svc = ServiceProcess(tiny_export.export_dir, "--model", str(tiny_export.export_dir / "model-int8.tflite"),
                          "--timeout", "2")
     try:
-        head = b"POST /v1/classify HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\nContent-Length: 5000\r\n\r\n"
+        head = (b"POST /v1/classify HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: image/jpeg\r\n"
+                b"Content-Length: 5000\r\n\r\n")
         for _ in range(5):
             raw_exchange(svc.port, head, b"x" * 100, then="close")
         assert raw_exchange(svc.port, head, b"x" * 100, then="answer", wait=15) == 408
