@@ -1,6 +1,10 @@
 """`python -m checks.bomb_check --model MODEL`: the device service's memory on the worst images under the decoding
 budget and on bombs over it, each sent twice at once; prints a Markdown table (docs/trust.md has one).
 
+`--predict [--code DIR]`: instead, the issue's bombs (10000x12000 in six colour modes) through `Classifier.predict`,
+one fresh process each, and its peak memory; DIR is the checkout whose edge_runtime runs (a `git worktree` of an
+older commit gives the figure before a change).
+
 The service runs on 127.0.0.1 from the model's folder; every image is made here. tests/test_hostile.py sends
 the same images and holds the targets (peak <= 300 MB, resident memory back within 10%).
 """
@@ -71,14 +75,53 @@ def memory_mb(pid, key):
         return next(int(line.split()[1]) for line in f if line.startswith(key)) / 1024
 
 
+def issue_bombs(folder):
+    """The images the issue measured: 10000x12000 of zeros in RGBA, 16-bit grey, RGB and grey + alpha PNG, a
+    palette PNG with transparency, and an RGB JPEG."""
+    from PIL import Image
+
+    w, h = 10000, 12000
+    made = [("rgba.png", Image.new("RGBA", (w, h)), {}), ("grey16.png", Image.new("I;16", (w, h)), {}),
+            ("rgb.png", Image.new("RGB", (w, h)), {}), ("la.png", Image.new("LA", (w, h)), {}),
+            ("p.png", Image.new("P", (w, h)), {"transparency": 0}), ("rgb.jpg", Image.new("RGB", (w, h)), {"quality": 50})]
+    for name, img, kw in made:
+        img.save(folder / name, **kw)
+    return [folder / name for name, _, _ in made]
+
+
+# the child's own peak: VmHWM starts afresh at exec, where ru_maxrss keeps the parent's (which made the images)
+PREDICT = ("import sys\nfrom edge_runtime import Classifier\nc = Classifier(sys.argv[1], threads=1)\ntry:\n"
+           "    r = c.predict(sys.argv[2], top_k=1)[0][0]\nexcept Exception as e:\n    r = type(e).__name__\n"
+           "peak = next(int(l.split()[1]) for l in open('/proc/self/status') if l.startswith('VmHWM'))\n"
+           "print(peak // 1024, r)")
+
+
+def predict_peaks(model, code):
+    """Each issue bomb through Classifier.predict in a fresh process running `code`'s edge_runtime."""
+    import subprocess
+
+    with tempfile.TemporaryDirectory() as work:
+        print(f"edge_runtime from {Path(code).resolve()}\n\n| image | file | peak | answer |\n|---|---:|---:|---|")
+        for path in issue_bombs(Path(work)):
+            proc = subprocess.run([sys.executable, "-c", PREDICT, str(model), str(path)], cwd=code, capture_output=True,
+                                  text=True, env={"PYTHONPATH": str(Path(code).resolve()), "PATH": "/usr/bin:/bin"})
+            peak, _, answer = (proc.stdout.strip() or "? no output").partition(" ")
+            print(f"| {path.name} | {path.stat().st_size:,} B | {peak} MB | {answer or proc.stderr[-100:]} |", flush=True)
+
+
 def main(argv=None):
     from .serve_check import ServiceProcess, at_once
 
     p = argparse.ArgumentParser(prog="python -m checks.bomb_check", description=__doc__.splitlines()[0])
     p.add_argument("--model", required=True, help="a .tflite or .onnx file (labels.txt beside it)")
     p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--predict", action="store_true", help="the issue's bombs through predict, one process each")
+    p.add_argument("--code", default=".", help="with --predict: the checkout whose edge_runtime runs")
     a = p.parse_args(argv)
-    model = Path(a.model)
+    model = Path(a.model).resolve()
+    if a.predict:
+        predict_peaks(model, a.code)
+        return 0
     with tempfile.TemporaryDirectory() as work:
         bombs = make_bombs(Path(work))
         svc = ServiceProcess(model.parent, "--model", str(model), "--workers", str(a.workers), "--max-bytes", "20000000")
