@@ -119,6 +119,9 @@ def main(argv=None):
     p.add_argument("--code", default=".", help="with --predict: the checkout whose edge_runtime runs")
     a = p.parse_args(argv)
     model = Path(a.model).resolve()
+    if not model.is_file():
+        print(f"error: {a.model}: no such model file", file=sys.stderr)
+        return 2
     if a.predict:
         predict_peaks(model, a.code)
         return 0

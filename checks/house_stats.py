@@ -29,6 +29,9 @@ def functions(root):
 
 def main(argv=None):
     root = Path((argv if argv is not None else sys.argv[1:])[0] if (argv or sys.argv[1:]) else ".")
+    if not any((root / p).is_dir() for p in PACKAGES):
+        print(f"error: {root}: no package of this project in it (expected {', '.join(PACKAGES)})", file=sys.stderr)
+        return 2
     lines = Counter()
     for path in root.rglob("*.py"):
         rel = path.relative_to(root)
