@@ -30,6 +30,9 @@ EPOCHS_FINETUNE ?=
 BATCH ?=
 MAX_PER_CLASS ?=
 AUGMENT ?=
+AUGMENT_STYLE ?=
+RESIZE ?=
+EXTRA_DATA ?=
 UNFREEZE_FROM ?=
 UNFREEZE_LAYERS ?=
 SEED ?=
@@ -39,6 +42,8 @@ XLA ?=
 PRECISION ?=
 TRAIN_ARGS ?=
 VARIANTS ?=
+UNKNOWN ?=
+FIELD ?=
 CALIB ?=
 QAT_EPOCHS ?=
 EXPORT_ARGS ?=
@@ -59,6 +64,7 @@ TRAIN_OPTS = $(call opt,--data,$(DATA)) $(call opt,--csv,$(CSV)) $(call opt,--ru
   $(call opt,--image-size,$(IMG_SIZE)) $(call opt,--epochs,$(EPOCHS)) $(call opt,--epochs-head,$(EPOCHS_HEAD)) \
   $(call opt,--epochs-finetune,$(EPOCHS_FINETUNE)) $(call opt,--batch-size,$(BATCH)) \
   $(call opt,--max-per-class,$(MAX_PER_CLASS)) $(call opt,--augment,$(AUGMENT)) \
+  $(call opt,--augment-style,$(AUGMENT_STYLE)) $(call opt,--resize,$(RESIZE)) $(call opt,--extra-data,$(EXTRA_DATA)) \
   $(call opt,--unfreeze-from,$(UNFREEZE_FROM)) $(call opt,--unfreeze-layers,$(UNFREEZE_LAYERS)) \
   $(call opt,--seed,$(SEED)) $(call flag,--overwrite,$(OVERWRITE)) \
   $(call flag,--mixed-precision,$(MIXED_PRECISION)) $(call opt,--precision,$(PRECISION)) $(call flag,--xla,$(XLA)) \
@@ -67,8 +73,9 @@ TRAIN_OPTS = $(call opt,--data,$(DATA)) $(call opt,--csv,$(CSV)) $(call opt,--ru
 PARITY_OPTS = $(call opt,--max-drop,$(MAX_DROP)) $(call opt,--min-agreement,$(MIN_AGREEMENT)) \
   $(call opt,--max-class-drop,$(MAX_CLASS_DROP))
 EXPORT_OPTS = $(call opt,--run,$(RUN)) $(call opt,--variants,$(VARIANTS)) $(call opt,--calibration-images,$(CALIB)) \
-  $(call opt,--qat-epochs,$(QAT_EPOCHS)) $(PARITY_OPTS) $(EXPORT_ARGS)
-BENCH_OPTS = $(call opt,--run,$(RUN)) $(call opt,--variants,$(VARIANTS)) $(PARITY_OPTS) $(BENCH_ARGS)
+  $(call opt,--qat-epochs,$(QAT_EPOCHS)) $(call opt,--unknown,$(UNKNOWN)) $(PARITY_OPTS) $(EXPORT_ARGS)
+BENCH_OPTS = $(call opt,--run,$(RUN)) $(call opt,--variants,$(VARIANTS)) $(call opt,--unknown,$(UNKNOWN)) \
+  $(call opt,--field,$(FIELD)) $(PARITY_OPTS) $(BENCH_ARGS)
 
 .PHONY: setup train export benchmark lint test test-fast bundle pi-check serve-check scale-check preview-augment clean
 

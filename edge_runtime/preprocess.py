@@ -13,8 +13,13 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .errors import InputError
 
-# Recorded in each run's config.json and export manifest; `check_contract` refuses others.
-CONTRACT_VERSION = 1
+# Recorded in each run's config.json and export manifest; `check_contract` refuses others. Version 1 always
+# stretched the whole image to the input size; version 2 names how the image is fitted (FITS).
+CONTRACT_VERSION = 2
+KNOWN_VERSIONS = (1, 2)
+# squash: the whole image stretched to the input size (no part of the subject lost, its shape distorted).
+# crop: the largest centred box of the input's aspect ratio, resized (shapes kept, the borders lost).
+FITS = ("squash", "crop")
 # The image formats decoded. Pillow would open many more (PostScript through Ghostscript, for one) from
 # whatever a file says it is; a photo pipeline needs these.
 # (Multi-picture JPEGs from phones open as JPEG.)
@@ -28,24 +33,43 @@ def _formats():
     return [f for f in IMAGE_FORMATS if f in Image.OPEN]
 
 
-def contract(height, width):
+def contract(height, width, fit="squash"):
+    check_fit(fit)
     return {
         "version": CONTRACT_VERSION,
         "input_size": [int(height), int(width)],
+        "fit": fit,
         "color": "RGB",
         "pixel_range": [0, 255],
-        "resize": "bilinear, whole image stretched to input_size (Pillow)",
+        "resize": ("bilinear, whole image stretched to input_size (Pillow)" if fit == "squash" else
+                   "bilinear from the largest centred box of input_size's aspect ratio (Pillow)"),
         "exif_orientation": "applied",
         "alpha": "composited over white",
         "normalization": "inside the model",
     }
 
 
+def check_fit(fit):
+    if fit not in FITS:
+        raise InputError(f"unknown image fit {fit!r}; this runtime knows {', '.join(FITS)}")
+    return fit
+
+
+def fit_of(record):
+    """The fit a run's config or a contract names (records older than the fit were all 'squash')."""
+    return (record or {}).get("fit") or (record or {}).get("resize") or "squash"
+
+
 def check_contract(c):
-    if not isinstance(c, dict) or c.get("version") != CONTRACT_VERSION:
-        raise InputError(f"unsupported preprocessing contract {c!r}; expected version {CONTRACT_VERSION}")
+    """((height, width), fit) of a contract this runtime implements, else InputError: a model is never fed
+    pixels prepared another way than it was trained on."""
+    if not isinstance(c, dict) or c.get("version") not in KNOWN_VERSIONS:
+        version = c.get("version") if isinstance(c, dict) else c
+        raise InputError(f"unsupported preprocessing contract version {version!r}: this runtime knows versions "
+                         f"{', '.join(map(str, KNOWN_VERSIONS))}; update edgeclf-runtime")
+    fit = check_fit(c.get("fit", "squash"))
     h, w = c["input_size"]
-    return int(h), int(w)
+    return (int(h), int(w)), fit
 
 
 # Memory. File size says nothing of decoded size (a 467 KB PNG can declare 120 megapixels of RGBA), so the cost
@@ -243,39 +267,58 @@ def _release():
         libc.malloc_trim(0)
 
 
-def decode(source, size=None, resize=False):
+def decode(source, size=None, resize=False, fit="squash"):
     """The image as an RGB PIL image (EXIF orientation applied, any mode converted) at its own size, or, for a
-    JPEG over the memory budget, decoded smaller but no smaller than `size` (height, width). resize: stretched to
-    `size` with the contract's bilinear filter, before the full-size image is let go."""
+    JPEG over the memory budget, decoded smaller but no smaller than `size` (height, width). resize: fitted to
+    `size` (FITS) with the contract's bilinear filter, before the full-size image is let go."""
+    check_fit(fit)
     box: list = [None]
     box[0], cost, name = _open(source, size)
     if cost <= LARGE:
-        return _decoded(box, name, size if resize else None)
+        return _decoded(box, name, size if resize else None, fit)
     with _turns:  # decoded, converted and resized one at a time: the budget holds for the process, not per thread
         _map_large_blocks()
         try:
-            return _decoded(box, name, size if resize else None)
+            return _decoded(box, name, size if resize else None, fit)
         finally:
             box.clear()
             _release()
 
 
-def _decoded(box, name, size):
+def crop_box(width, height, size):
+    """(left, top, right, bottom) in whole pixels: the largest box of size's aspect ratio centred in a width x
+    height image. Whole pixels, so that any other runtime (a phone's, a browser's) cuts the very same box."""
+    h, w = int(size[0]), int(size[1])
+    scale = min(width / w, height / h)
+    bw, bh = max(1, min(width, round(w * scale))), max(1, min(height, round(h * scale)))
+    left, top = (width - bw) // 2, (height - bh) // 2
+    return (left, top, left + bw, top + bh)
+
+
+def _decoded(box, name, size, fit="squash"):
     _load(box[0], name)
     img = _to_rgb(box)
-    if size is not None and img.size != (int(size[1]), int(size[0])):
-        img = img.resize((int(size[1]), int(size[0])), Image.Resampling.BILINEAR)
+    target = None if size is None else (int(size[1]), int(size[0]))
+    if target is None:
+        return img
+    if fit == "crop":  # cut first, then resize: the filter never reads the borders that were cut away
+        width, height = img.size
+        region = crop_box(width, height, size)
+        if region != (0, 0, width, height):
+            img = img.crop(region)
+    if img.size != target:
+        img = img.resize(target, Image.Resampling.BILINEAR)
     return img
 
 
-def load_pixels(source, size):
+def load_pixels(source, size, fit="squash"):
     """Decode `source` and return uint8 pixels of shape (height, width, 3).
 
-    `size` is (height, width). The whole image is stretched, not cropped, so no part of
-    the subject is lost; training used the very same function.
+    `size` is (height, width); `fit` how the image is fitted to it (FITS: stretched whole, or its centre
+    cropped to the same aspect ratio). Training, export, the benchmark and the device call this one function.
     """
-    return np.asarray(decode(source, (int(size[0]), int(size[1])), resize=True), dtype=np.uint8)
+    return np.asarray(decode(source, (int(size[0]), int(size[1])), resize=True, fit=fit), dtype=np.uint8)
 
 
-def load_batch(sources, size):
-    return np.stack([load_pixels(s, size) for s in sources])
+def load_batch(sources, size, fit="squash"):
+    return np.stack([load_pixels(s, size, fit) for s in sources])

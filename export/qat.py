@@ -20,6 +20,7 @@ import tensorflow_model_optimization as tfmot  # noqa: E402
 import tf_keras as keras  # noqa: E402
 from tensorflow_model_optimization.python.core.quantization.keras.default_8bit import default_8bit_quantize_registry  # noqa: E402
 
+from edge_runtime.preprocess import fit_of  # noqa: E402
 from train.data import cache_in_memory  # noqa: E402
 from train.pipeline import Images, dataset  # noqa: E402
 
@@ -182,10 +183,10 @@ def quantization_aware_model(ctx):
         index = {c: i for i, c in enumerate(ctx.class_names)}
         val = ctx.subset("val")
         cache = cache_in_memory(len(ctx.subset("train")) + len(val), cfg["image_size"], cfg.get("cache_limit_gb", 2.0))
-        train_ds = dataset(Images(ctx.data_root, ctx.subset("train"), index, cfg["image_size"]), cfg["batch_size"],
-                           training=True, seed=cfg["seed"], cache=cache)
-        val_ds = (dataset(Images(ctx.data_root, val, index, cfg["image_size"]), cfg["batch_size"], cache=cache)
-                  if val else None)
+        train_ds = dataset(Images(ctx.data_root, ctx.subset("train"), index, cfg["image_size"], fit_of(cfg)),
+                           cfg["batch_size"], training=True, seed=cfg["seed"], cache=cache)
+        val_ds = (dataset(Images(ctx.data_root, val, index, cfg["image_size"], fit_of(cfg)), cfg["batch_size"],
+                          cache=cache) if val else None)
         weights = {index[c]: w for c, w in cfg["class_weights"].items()} if cfg.get("class_weights") else None
         ctx.log(f"  quantization-aware fine-tuning: {ctx.qat_epochs} epoch(s) on {len(ctx.subset('train'))} images, "
                 + ("the labels only" if ctx.qat_labels >= 1 else "distilled from the float model"

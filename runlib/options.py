@@ -87,6 +87,9 @@ TRAIN = (
     Option("data", None, "class-per-folder image tree, or the image root for --csv (default: the built-in demo "
       "dataset, scikit-learn's digits written as 32 px PNGs)", group="data", make="DATA", resume=True),
     Option("csv", None, "CSV of filename,label; filenames relative to --data", group="data", make="CSV", resume=True),
+    Option("extra_data", None, "class-per-folder images added to the training split only, never to validation or test "
+           "(the review file's images, once labelled); each folder must be a class of --data", group="data",
+           make="EXTRA_DATA", resume=True),
     Option("val_frac", 0.15, "share of each class for validation", type=float, group="data", low=0, high=1, resume=True),
     Option("test_frac", 0.15, "share of each class for the test split", type=float, group="data",
            low=0, high=1, resume=True),
@@ -98,6 +101,9 @@ TRAIN = (
       flag="--no-class-weights", group="data", resume=True),
     Option("augment", 1.0, "augmentation strength, 0 turns it off", type=float, demo=0.0, group="data",
            make="AUGMENT", low=0, resume=True),
+    Option("augment_style", "field", "basic: flips, rotation, zoom, shifts, contrast; field adds what photos from another "
+           "source differ by: random resized crops, brightness, saturation and hue, blur and sensor noise",
+           choices=("basic", "field"), group="data", make="AUGMENT_STYLE", resume=True),
     Option("flip", True, "random horizontal flips while augmenting (a mirrored digit is no digit)", action="bool",
       demo=False, group="data", resume=True),
     Option("backbone", "resnet50", "keras.applications backbone", choices=BACKBONES.keys(),
@@ -107,6 +113,11 @@ TRAIN = (
     Option("alpha", 1.0, "width multiplier for mobilenet and mobilenet_v2", type=float,
            group="model", make="ALPHA", low=0, above=True, resume=True),
     Option("image_size", "224", "input size: N or HxW, 32 and up", demo="32", group="model", make="IMG_SIZE", resume=True),
+    Option("resize", "crop", "how an image is fitted to the input size (the preprocessing contract): squash stretches "
+           "the whole image, crop takes its largest centred box of the input's shape", choices=("squash", "crop"),
+           group="model", make="RESIZE", resume=True),
+    Option("label_smoothing", 0.0, "share of each label spread over all classes in the loss", type=float,
+           group="training", low=0, high=1, resume=True),
     Option("dropout", 0.2, "dropout before the head", type=float, group="model", low=0, high=1, resume=True),
     Option("epochs", None, "epochs per phase (sets both phases unless given apart)", type=int,
            group="training", make="EPOCHS", low=0),
@@ -194,6 +205,19 @@ EXPORT = (
     *PARITY_OPTIONS,
     Option("fallback", True, "quantize every op, even when the variant misses the parity budget", action="store_false",
       flag="--no-fallback", group="accuracy-aware fallback"),
+    Option("abstain", True, "never answer \"unknown\": calibrate only", action="store_false", flag="--no-abstain",
+           group="decision rule"),
+    Option("coverage", 0.95, "without --unknown: the share of validation images the model still answers; the "
+           "threshold on calibrated confidence is the highest that does", type=float, group="decision rule", low=0,
+           high=1, above=True),
+    Option("unknown", None, "a folder of images the model must not name (other species, empty frames, other objects): "
+           "the threshold rises until it names at most --unknown-named of them", group="decision rule", make="UNKNOWN"),
+    Option("unknown_named", 0.10, "with --unknown: the largest share of them the rule may name", type=float,
+           group="decision rule", low=0, high=1),
+    Option("min_coverage", 0.90, "with --unknown: but the rule answers at least this share of validation images",
+           type=float, group="decision rule", low=0, high=1),
+    Option("review_share", 0.10, "answers among the least confident this share of validation answers are flagged for "
+           "review (watch's review file)", type=float, group="decision rule", low=0, high=1),
     Option("fallback_seconds", 180.0, "run the single-op search (after the float tail) only if ranking the ops should "
       "take at most this long (about one quantization per op)", type=float, group="accuracy-aware fallback", low=0),
     Option("fallback_cap", 0.25, "at most this share of the candidate ops stays float", type=float,
@@ -203,6 +227,13 @@ EXPORT = (
 BENCHMARK = (
     RUN, VARIANTS, *PARITY_OPTIONS,
     Option("enforce", True, "report parity failures without failing", action="store_false", flag="--no-gate"),
+    Option("field", None, "photos from where the model will be used, one folder per species: folders named like a class "
+           "count as it, others as species it must not name; every file's field figures, and its decisions join the "
+           "gate", group="field", make="FIELD"),
+    Option("unknown", None, "images the model must not name: every file's decisions on them join the gate (default: "
+           "the folder export tuned the rule on, if any)", group="field", make="UNKNOWN"),
+    Option("max_ece_gap", 0.02, "a file's calibration error (ECE, test split) at most this above the Keras model's",
+           type=float, group="parity budget", low=0),
     Option("accept_inconclusive", False, "pass when the test split is too small for the gate to judge (fewer images than "
       "the budget needs; docs/benchmark.md) instead of failing as inconclusive", action="store_true"),
     Option("tune", True, "measure with the runtime libraries' default settings instead of trying each (XNNPACK on/off, "

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from edge_runtime.errors import InputError
+from edge_runtime.preprocess import fit_of
 
 from .split import read_split
 
@@ -99,8 +100,8 @@ class Run:
         if unknown:
             raise InputError(f"{self.split_file}: label {unknown[0]!r} is not in {self.labels}")
         paths = [root / s.path for s in samples]
-        size = tuple(self.config()["image_size"])
-        return paths, np.array([index[s.label] for s in samples]), load_batch(paths, size)
+        size, fit = tuple(self.config()["image_size"]), fit_of(self.config())
+        return paths, np.array([index[s.label] for s in samples]), load_batch(paths, size, fit)
 
     def require_finished(self):
         """Raise one clear error unless this is a complete training run."""

@@ -19,6 +19,8 @@ def add_preview(sub):
     p.add_argument("--image-size", default="224", help="input size (default 224)")
     p.add_argument("--augment", type=float, default=1.0, help="strength (default 1)")
     p.add_argument("--flip", action=argparse.BooleanOptionalAction, default=True, help="include random mirror images")
+    p.add_argument("--augment-style", choices=("basic", "field"), default="field", help="as in train (default field)")
+    p.add_argument("--resize", choices=("squash", "crop"), default="crop", help="as in train (default crop)")
     p.add_argument("--count", type=int, default=6, help="how many images (rows; default 6)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="augment_preview.png")
@@ -43,7 +45,7 @@ def preview_run(a):
     if not samples:
         raise InputError(f"no readable images in {a.data}")
     size = parse_size(a.image_size)
-    preview([load_pixels(Path(a.data) / s.path, size) for s in samples[: a.count]], a.augment, a.out, seed=a.seed,
-            flip=a.flip)
+    preview([load_pixels(Path(a.data) / s.path, size, a.resize) for s in samples[: a.count]], a.augment, a.out,
+            seed=a.seed, flip=a.flip, style=a.augment_style)
     print(f"wrote {a.out}")
     return 0

@@ -87,10 +87,27 @@ def build_model(cfg, num_classes):
     return keras.Model(inputs, outputs, name=f"{cfg['backbone']}_classifier")
 
 
+def training_loss(smoothing):
+    """Sparse cross-entropy, or with label smoothing: (1 - e) of it plus e of the mean over classes of -log p
+    (Keras 2's sparse loss has no smoothing of its own)."""
+    if not smoothing:
+        return "sparse_categorical_crossentropy"
+    import tensorflow as tf
+
+    e = float(smoothing)
+
+    def smoothed(y_true, y_pred):
+        logp = tf.math.log(tf.clip_by_value(tf.cast(y_pred, tf.float32), 1e-7, 1.0))
+        nll = keras.losses.sparse_categorical_crossentropy(y_true, y_pred)
+        return (1 - e) * nll - e * tf.reduce_mean(logp, axis=-1)
+
+    return smoothed
+
+
 def compile_for_training(model, cfg, lr):
     """The training step of a run: Adam (with the run's gradient clipping), sparse cross-entropy, XLA if asked."""
     clip = {"global_clipnorm": cfg["clip_norm"]} if cfg.get("clip_norm") else {}
-    model.compile(optimizer=keras.optimizers.Adam(lr, **clip), loss="sparse_categorical_crossentropy",
+    model.compile(optimizer=keras.optimizers.Adam(lr, **clip), loss=training_loss(cfg.get("label_smoothing", 0.0)),
                   metrics=["accuracy"], jit_compile=bool(cfg.get("xla")))
 
 

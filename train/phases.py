@@ -8,6 +8,8 @@ import numpy as np
 
 from . import data as D
 from .distribute import log
+from edge_runtime.preprocess import fit_of
+
 from .pipeline import Images, dataset
 
 
@@ -18,9 +20,10 @@ class TrainingData:
         from .augment import augmenter
 
         self.index = {c: i for i, c in enumerate(class_names)}
+        self.cfg = cfg
         self.root = Path(cfg["data_root"])
         self.subset = {k: [s for s in samples if s.subset == k] for k in ("train", "val", "test")}
-        self.augment = augmenter(cfg["augment"], cfg["seed"], cfg.get("flip", True))
+        self.augment = augmenter(cfg["augment"], cfg["seed"], cfg.get("flip", True), cfg.get("augment_style", "basic"))
         size = cfg["image_size"]
         n_cached = len(self.subset["train"]) + len(self.subset["val"])
         cache = D.cache_in_memory(n_cached, size, cfg.get("cache_limit_gb", 2.0))
@@ -36,7 +39,7 @@ class TrainingData:
                              else None)
 
     def images(self, subset, size):
-        return Images(self.root, self.subset[subset], self.index, size)
+        return Images(self.root, self.subset[subset], self.index, size, fit_of(self.cfg))
 
     def preview(self, cfg, path):
         """A PNG of original and augmented training samples, once per run."""
@@ -47,8 +50,8 @@ class TrainingData:
         if path.exists() or self.augment is None:
             return
         picks = self.subset["train"][:: max(1, len(self.subset["train"]) // 4)][:4]
-        preview([load_pixels(self.root / s.path, cfg["image_size"]) for s in picks], cfg["augment"], path,
-                seed=cfg["seed"], flip=cfg.get("flip", True))
+        preview([load_pixels(self.root / s.path, cfg["image_size"], fit_of(cfg)) for s in picks], cfg["augment"], path,
+                seed=cfg["seed"], flip=cfg.get("flip", True), style=cfg.get("augment_style", "basic"))
 
 
 class PhaseTrainer:

@@ -19,6 +19,7 @@ class Images:
     samples: list
     class_index: dict
     size: tuple
+    fit: str = "squash"  # the contract's (edge_runtime.preprocess.FITS)
 
 
 def dataset(images, batch_size, training=False, augment=None, seed=0, cache=True):
@@ -28,7 +29,7 @@ def dataset(images, batch_size, training=False, augment=None, seed=0, cache=True
     labels = np.array([images.class_index[s.label] for s in images.samples], np.int32)
 
     def load(path):
-        return load_pixels(path.decode(), (h, w))  # the very function the device runs
+        return load_pixels(path.decode(), (h, w), images.fit)  # the very function the device runs
 
     def decode(path, label):
         img = tf.numpy_function(load, [path], tf.uint8, stateful=False)

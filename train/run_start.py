@@ -34,9 +34,13 @@ def refuse_finished(run, overwrite):
                          "or choose another --run")
 
 
+# What a run started before these options existed did: its resume must ask for the same (their defaults changed).
+PREDATED = {"resize": "squash", "augment_style": "basic", "label_smoothing": 0.0, "extra_data": None}
+
+
 def refuse_other_options(run, cfg):
     """A run resumes only with the options it was started with."""
-    recorded = run.config()
+    recorded = {**PREDATED, **run.config()}
     diff = [k for k in RESUME_KEYS if k in recorded and recorded[k] != cfg.get(k)]  # options a run predates pass
     if diff:
         raise InputError(f"run {run.path} was started with other options ({', '.join(diff)}); "
@@ -89,9 +93,33 @@ def prepare_data(cfg):
     D.split(samples, cfg["val_frac"], cfg["test_frac"], cfg["seed"], groups)
     D.undersample(samples, cfg["max_per_class"], cfg["seed"])
     classes = sorted(report["per_class"])
+    if cfg.get("extra_data"):
+        samples += extra_samples(cfg["extra_data"], classes, samples, report)
     report["split"] = {sub: {c: sum(1 for s in samples if s.subset == sub and s.label == c) for c in classes}
                        for sub in ("train", "val", "test", "unused")}
     return samples, report
+
+
+def extra_samples(folder, classes, samples, report):
+    """--extra-data: labelled images for the training split only, kept by absolute path (they live outside the data
+    folder). A folder that is not a class is an error; a copy of a validation or test image is left out."""
+    root = Path(folder).resolve()
+    entries, _ = D.list_folder(root)
+    extra, scanned = D.scan(entries, root)
+    strangers = sorted({s.label for s in extra} - set(classes))
+    if strangers:
+        raise InputError(f"--extra-data {folder}: folder(s) {', '.join(strangers)} name no class of the data "
+                         f"({', '.join(classes)})")
+    held_out = {s.sha256 for s in samples if s.subset in ("val", "test")}
+    kept = [s for s in extra if s.sha256 not in held_out]
+    for s in kept:
+        s.path, s.subset = (root / s.path).as_posix(), "train"
+    report["extra_data"] = {"folder": str(root), "images": len(kept), "skipped": scanned["skipped"],
+                            "copies_of_held_out_images": len(extra) - len(kept),
+                            "per_class": dict(Counter(s.label for s in kept))}
+    log(f"--extra-data: {len(kept)} images added to the training split ({scanned['skipped']} unreadable, "
+        f"{len(extra) - len(kept)} copies of validation or test images left out)")
+    return kept
 
 
 def _log_duplicates(d):
@@ -110,7 +138,7 @@ def start_run(run, cfg):
     weights = D.class_weights(train_labels, len(class_names)) if cfg["use_class_weights"] else None
     cfg = dict(cfg, classes=class_names,
                class_weights={class_names[i]: w for i, w in weights.items()} if weights else None,
-               preprocessing=contract(*cfg["image_size"]), versions=package_versions(),
+               preprocessing=contract(*cfg["image_size"], cfg.get("resize", "squash")), versions=package_versions(),
                started_at=datetime.now(timezone.utc).isoformat(timespec="seconds"), command=" ".join(sys.argv))
     write_json(run.data_report, report)
     write_split(run.split_file, samples)
