@@ -33,14 +33,17 @@ def _write_report(run, config, rows, context):
     from runlib.metrics import images_to_judge
 
     from . import report
+    from .decisions import gate_decisions
     from .evaluate import gate
 
     failures = gate(rows, config.max_drop, config.min_agreement, config.max_class_drop, config.class_images,
                     config.robustness_min_agreement)
+    gate_decisions(rows, failures, config.min_agreement, config.max_ece_gap)
     needed, rule = images_to_judge(config.max_drop, config.min_agreement)
     verdict = {"max_drop": config.max_drop, "min_agreement": config.min_agreement,
                "max_class_drop": config.max_class_drop, "class_images": config.class_images,
                "robustness_min_agreement": config.robustness_min_agreement, "enforced": config.enforce,
+               "max_ece_gap": config.max_ece_gap,
                "failures": failures, "images": context["test_images"], "images_needed": needed, "rule": rule,
                # a clear miss fails on any number of images; a pass needs enough of them to mean anything
                "inconclusive": not failures and context["test_images"] < needed,

@@ -13,6 +13,11 @@ def run_command(o):
     log = progress.logger("benchmark")
     log(f"report: {r.run.benchmark_dir / 'report.md'} (+ report.json, report.csv and plots)")
     print(headline(r.report), flush=True)
+    from .decisions import field_warning
+
+    warning = field_warning(r.report["rows"])
+    if warning:
+        print(warning, flush=True)
     integer = r.recommendation.get("integer")
     if integer:
         log(f"integer file: {integer['variant']}: {integer['why']}"

@@ -14,7 +14,7 @@ import numpy as np
 from edge_runtime.backends import describe_settings
 from edge_runtime.errors import InputError
 from edge_runtime.files import plain_name, sha256_file
-from edge_runtime.preprocess import load_batch
+from edge_runtime.preprocess import fit_of, load_batch
 from export.variants import from_names
 from runlib.metrics import (CLASS_PARITY, PARITY, agreement, class_misses, class_parity, classification_metrics,
                                   mcnemar_p, paired_delta_interval,
@@ -49,7 +49,7 @@ def tuning_set(run, limit=64):
     samples = [s for s in run.split() if s.subset == "val"] or [s for s in run.split() if s.subset == "train"]
     root = run.data_root()
     paths = [root / s.path for s in sorted(samples, key=lambda s: s.path)[:limit] if (root / s.path).is_file()]
-    return load_batch(paths, tuple(run.config()["image_size"])) if paths else None
+    return load_batch(paths, tuple(run.config()["image_size"]), fit_of(run.config())) if paths else None
 
 
 def choose_settings(candidates):
@@ -97,10 +97,17 @@ def mobile_resize(rgb, size):
     return np.clip(np.rint(out), 0, 255).astype(np.uint8)
 
 
-def mobile_pixels(paths, size):
-    from edge_runtime.preprocess import decode
+def mobile_pixels(paths, size, fit="squash"):
+    from edge_runtime.preprocess import crop_box, decode
 
-    return np.stack([mobile_resize(np.asarray(decode(p)), size) for p in paths])
+    def fitted(p):
+        rgb = np.asarray(decode(p))
+        if fit == "crop":  # the same centred box, cut at whole pixels as a mobile pipeline would
+            left, top, right, bottom = crop_box(rgb.shape[1], rgb.shape[0], size)
+            rgb = rgb[top:bottom, left:right]
+        return mobile_resize(rgb, size)
+
+    return np.stack([fitted(p) for p in paths])
 
 
 @dataclass
@@ -183,7 +190,7 @@ def measure_all(run, config):
     config: the BenchmarkConfig (runlib/options.py). With config.tune, each exported variant's runtime settings
     are first tried on this machine (on validation images) and it is measured with the fastest that keeps its
     predictions; with config.robustness, config.robustness_images test images are also corrupted
-    (benchmark/corruptions.py) to compare the models on."""
+    (runlib/corruptions.py) to compare the models on."""
     from runlib.progress import Progress
 
     variant_names, batch = config.variants, config.batch
@@ -213,7 +220,8 @@ def measure_all(run, config):
     context = {"test_images": len(bench.paths), "classes": bench.classes, "threads": [1, bench.cores], "batch": batch,
                "timing": bench.timing, "unavailable": unavailable, "labels": bench.y.tolist(),
                "paths": [str(p.relative_to(run.data_root())) for p in bench.paths],
-               "robustness": bench.robust_context}
+               "robustness": bench.robust_context, "decision_rule": bench.rule.as_dict(),
+               "outside": bench.outside.meta if bench.outside is not None else None}
     return rows, context
 
 
@@ -241,14 +249,20 @@ class Measurer:
         self.paths, self.y, self.pixels = test_set(run)
         self.classes = run.class_names()
         np.save(work / "pixels.npy", self.pixels)  # the very same uint8 images reach every model
-        np.save(work / "mobile.npy", mobile_pixels(self.paths, self.pixels.shape[1:3]))  # and resized the mobile way
+        # and resized the mobile way
+        np.save(work / "mobile.npy", mobile_pixels(self.paths, self.pixels.shape[1:3], fit_of(run.config())))
         tune_pixels = tuning_set(run) if tune else None
         self.tune = tune_pixels is not None
         if self.tune:
             np.save(work / "tune.npy", tune_pixels)
         self.probs, self.robust, self.robust_context = {}, {}, None
+        from .decisions import outside_set, rule_of
+
+        self.rule, self.outside, self.outside_probs = rule_of(run), outside_set(run, config, log), {}
+        if self.outside is not None:
+            np.save(work / "outside.npy", self.outside.pixels)
         if robustness:
-            from .corruptions import corrupted_set, pick
+            from runlib.corruptions import corrupted_set, pick
 
             self.robust_idx = pick(self.y, robustness)
             t0 = time.time()
@@ -292,6 +306,23 @@ class Measurer:
                             for i in np.nonzero(mine != theirs)[0]]
         return out
 
+    def extra_sets(self, t):
+        """The job's keys for the corrupted test images and the --field/--unknown photos, when measured."""
+        w, out = self.work, {}
+        if self.robust_context:
+            out.update(robust_pixels=str(w / "robust.npy"), robust_probs_out=str(w / f"{t.name}-robust.npy"))
+        if self.outside is not None:
+            out.update(outside_pixels=str(w / "outside.npy"), outside_probs_out=str(w / f"{t.name}-outside.npy"))
+        return out
+
+    def decisions(self, t, own):
+        """Calibration and decisions under the run's rule, against the Keras model's (benchmark/decisions.py)."""
+        from .decisions import figures
+
+        keras = None if t.name == REFERENCE else self.probs.get(REFERENCE)
+        outside = (self.outside_probs.get(t.name), self.outside_probs.get(REFERENCE) if keras is not None else None)
+        return figures(self.rule, self.y, own, keras, self.outside, outside)
+
     def robustness(self, t, seconds):
         """Top-1, and agreement with the Keras model on the same corrupted images, for each corruption."""
         mine, keras = self.robust[t.name], self.robust[REFERENCE]
@@ -310,9 +341,7 @@ class Measurer:
                "size_mb": t.path.stat().st_size / 1e6, "sha256": sha256_file(t.path), "status": "ok"}
         try:
             extra = {"settings": self.settings(t, row)} if t.kind == "edge" and self.tune else {}
-            w = self.work
-            robust = ({"robust_pixels": str(w / "robust.npy"), "robust_probs_out": str(w / f"{t.name}-robust.npy")}
-                      if self.robust_context else {})
+            w, robust = self.work, self.extra_sets(t)
             full = run_worker(self.job(t, threads=self.cores, full=True, timed=t.timed, probs_out=str(w / f"{t.name}.npy"),
                                        mobile_pixels=str(w / "mobile.npy"), mobile_probs_out=str(w / f"{t.name}-mobile.npy"),
                                        result_out=str(w / f"{t.name}-all.json"), **robust, **extra), w)
@@ -320,8 +349,9 @@ class Measurer:
                 self.job(t, threads=1, full=False, result_out=str(w / f"{t.name}-1.json"), **extra), w)
             self.probs[t.name] = np.load(w / f"{t.name}.npy")
             mobile = np.load(w / f"{t.name}-mobile.npy")
-            if self.robust_context:
-                self.robust[t.name] = np.load(w / f"{t.name}-robust.npy")
+            for probs, key in ((self.robust, "robust_probs_out"), (self.outside_probs, "outside_probs_out")):
+                if key in robust:
+                    probs[t.name] = np.load(robust[key])
         except RuntimeError as e:
             row.update(status="error", error=str(e))
             log(f"    FAILED: {e}")
@@ -337,6 +367,7 @@ class Measurer:
                    mobile_resize_agreement=float(np.mean(mobile.argmax(1) == own.argmax(1))),
                    mobile_resize_max_abs_prob_diff=float(np.abs(mobile - own).max()))
         row.update(self.parity_detail(t, own))
+        row["decisions"] = self.decisions(t, own)
         if self.robust_context:
             row["robustness"] = self.robustness(t, full.get("robustness_seconds"))
         if t.entry.get("bias_correction"):

@@ -61,7 +61,7 @@ def robustness_section(rows, ctx):
         return []
     names = rc["corruptions"]
     out = ["## Under corruption", "",
-           f"{rc['images']} test images (spread over the classes), each corrupted {len(names)} ways (benchmark/"
+           f"{rc['images']} test images (spread over the classes), each corrupted {len(names)} ways (runlib/"
            f"corruptions.py: {len(names) // 3} corruptions at 3 severities, seed {rc['seed']}). Top-1 of the Keras "
            f"model, then each file's agreement with it on the same corrupted images. Seconds each model spent on them: "
            + ", ".join(f"{r['variant']} {r['robustness']['seconds']:.1f}" for r in rows if r["robustness"].get("seconds"))

@@ -9,6 +9,8 @@ from edge_runtime.files import write_json, write_text
 from edge_runtime.machine import describe
 
 from .evaluate import REFERENCE, recommend
+from .decision_report import decision_section, plot_reliability, plot_risk_coverage
+from .decisions import field_warning
 from .parity_report import class_section, flips_section, robustness_section, write_plots
 
 # The headline table: the same columns in Markdown and CSV.
@@ -94,6 +96,7 @@ def markdown(report):
     out += _deploy_section(report)
     out += fallback_section(rows)
     out += ceiling_section(rows, m.get("cpu_flags", []))
+    out += decision_section(rows, ctx)
     out += class_section(rows) + flips_section(rows) + robustness_section(rows, ctx)
     if ctx["unavailable"]:
         out += ["Not benchmarked (no good export): " + ", ".join(f"{k} ({v})" for k, v in ctx["unavailable"].items()), ""]
@@ -113,6 +116,7 @@ def _introduction(report):
            f"the p50's 95% interval is within ±{100 * ctx['timing'].get('ci', 0):g}% of it "
            f"(±0.5% for models under 5 ms, whose runtime overhead is judged in milliseconds; "
            f"at most {ctx['timing']['max_seconds']:g} s per figure).", "",
+           *([f"**{field_warning(report['rows'])}**", ""] if field_warning(report["rows"]) else []),
            headline(report), "",
            f"Δ top-1 is against the Keras model on the same {ctx['test_images']} images, with a 95% paired-bootstrap "
            f"interval; agreement is the share of images on which a variant predicts the class of the model it is "
@@ -120,7 +124,11 @@ def _introduction(report):
            f"source, `qat-source`, since that QAT fine-tunes away from Keras), "
            f"with a 95% Wilson interval. Ops kept float: the accuracy-aware fallback's choice on the validation split.", "",
            f"**Gate** (top-1 drop ≤ {gate['max_drop']:g} points against Keras and agreement ≥ {gate['min_agreement']:g} "
-           f"against the source model; a missing or unmeasurable variant fails): " + verdict_text(gate)
+           f"against the source model; decisions under the rule agreeing with Keras's on ≥ {gate['min_agreement']:g} "
+           f"of "
+           f"the test images (and of the field and unknown images when given); ECE at most "
+           f"{gate.get('max_ece_gap', 0.02):g} above Keras's; a missing or unmeasurable variant fails): "
+           + verdict_text(gate)
            + (" (reported only: --no-gate)" if not gate["enforced"] else ""), ""]
 
 
@@ -349,6 +357,8 @@ def write(run, rows, context, gate, pixels=None):
     write_text(out / "report.md", markdown(report))
     plot_accuracy_vs_latency(rows, out / "accuracy_vs_latency.png", gate["max_drop"])
     plot_confusions(rows, context["classes"], out / "confusion_float_vs_int8.png")
+    plot_reliability(rows, out / "reliability.png")
+    plot_risk_coverage(rows, out / "risk_coverage.png")
     if pixels is not None:
         write_plots(report, pixels, out)
     return report

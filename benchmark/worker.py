@@ -14,7 +14,7 @@ import numpy as np
 
 from edge_runtime.errors import exit_code
 from edge_runtime.files import atomic_path, write_json
-from edge_runtime.preprocess import load_pixels
+from edge_runtime.preprocess import fit_of, load_pixels
 
 from edge_runtime.timing import latency, throughput
 
@@ -58,6 +58,7 @@ class KerasModel:
         else:  # the QAT float source holds tfmot's fake-quant layers
             self.model = load_keras(path, quantization_aware=quantization_aware)
         self.size = tuple(int(d) for d in self.model.input_shape[1:3])
+        self.fit = fit_of(run.config()) if run.config_file.is_file() else "squash"
         self._fn = tf.function(lambda x: self.model(x, training=False), reduce_retracing=True)
 
     def model_input(self, pixels):
@@ -70,7 +71,7 @@ class KerasModel:
         return self.bare(self.model_input(pixels))
 
     def end_to_end(self, path):
-        return self.probabilities(load_pixels(path, self.size)[None])
+        return self.probabilities(load_pixels(path, self.size, self.fit)[None])
 
 
 def save_probabilities(model, pixels, batch, out):
@@ -129,7 +130,9 @@ def measure(job):
     result = {"threads": threads, "load_seconds": time.perf_counter() - t0}
     if job.get("mobile_pixels"):  # the skew of a mobile app's resize: the same images, resized without antialiasing
         save_probabilities(model, np.load(job["mobile_pixels"]), job["batch"], job["mobile_probs_out"])
-    if job.get("robust_pixels"):  # the same model on corrupted copies of some test images (benchmark/corruptions.py)
+    if job.get("outside_pixels"):  # --field and --unknown photos: decisions beyond the test split
+        save_probabilities(model, np.load(job["outside_pixels"]), job["batch"], job["outside_probs_out"])
+    if job.get("robust_pixels"):  # the same model on corrupted copies of some test images (runlib/corruptions.py)
         t = time.perf_counter()
         save_probabilities(model, np.load(job["robust_pixels"]), job["batch"], job["robust_probs_out"])
         result["robustness_seconds"] = time.perf_counter() - t

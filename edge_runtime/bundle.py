@@ -19,6 +19,7 @@ import numpy as np
 from .errors import InputError
 from .files import MANIFEST, plain_name, read_manifest, write_json
 from .machine import signature
+from .preprocess import check_contract
 
 SELECTION = "selection.json"
 REFERENCE = "reference"
@@ -72,7 +73,8 @@ class Bundle:
                 probs = {k: z[k] for k in z.files}
         except (OSError, ValueError, KeyError, json.JSONDecodeError) as e:
             raise InputError(f"{folder}: unreadable reference outputs ({e})") from None
-        return dict(meta, pixels=pixels, probabilities=probs, folder=folder)
+        fit = check_contract(self.manifest["preprocessing"])[1] if self.manifest.get("preprocessing") else "squash"
+        return dict(meta, pixels=pixels, probabilities=probs, folder=folder, fit=fit)
 
     # ---- the device's own choice
     def selection(self):

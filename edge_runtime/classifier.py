@@ -6,6 +6,7 @@ from pathlib import Path
 import numpy as np
 
 from .backends import open_backend
+from .decision import UNKNOWN, Prediction, Rule
 from .errors import InputError
 from .files import MANIFEST, read_manifest, sha256_file
 from .preprocess import check_contract, load_pixels
@@ -50,9 +51,11 @@ class Classifier:
     settings: runtime settings (backends.SETTINGS). None: the fastest ones `make benchmark` recorded in
         the manifest, when it measured them on a machine like this one (same architecture and CPU
         flags); otherwise the library defaults. {} forces the library defaults.
+    decision: a decision.Rule (calibration and abstention). None: the manifest's, when it has one; else
+        probabilities as the file outputs them and never "unknown".
     """
 
-    def __init__(self, model, labels=None, threads=None, verify=True, settings=None):
+    def __init__(self, model, labels=None, threads=None, verify=True, settings=None, decision=None):
         self.path = Path(model)
         self.variant, self.entry, manifest = None, None, None
         if self.path.is_file():
@@ -74,14 +77,15 @@ class Classifier:
         if len(shape) != 4 or shape[-1] != 3:
             raise InputError(f"{self.path}: expected an image input of shape [batch, height, width, 3], got {shape}")
         if manifest and manifest.get("preprocessing"):
-            self.size = check_contract(manifest["preprocessing"])
+            self.size, self.fit = check_contract(manifest["preprocessing"])
         else:
-            self.size = (int(shape[1]), int(shape[2]))
+            self.size, self.fit = (int(shape[1]), int(shape[2])), "squash"
         if self.size != (shape[1], shape[2]):
             raise InputError(f"{self.path}: model input is {shape[1]}x{shape[2]} but the manifest says {self.size}")
         self.num_classes = int(self.output.shape[-1])
         self.labels = self._labels(labels, manifest)
         self.manifest = manifest
+        self.rule = Rule.from_record((manifest or {}).get("decision")) if decision is None else decision
         self._local = threading.local()  # each thread's own input buffer: one instance may serve many threads
 
     def _labels(self, labels, manifest):
@@ -153,15 +157,21 @@ class Classifier:
         return buf
 
     def preprocess(self, images):
-        return np.stack([load_pixels(img, self.size) for img in images])
+        return np.stack([load_pixels(img, self.size, self.fit) for img in images])
 
     def ranked(self, probs, k):
-        """[(label, probability), ...] of one probability row, highest first (ties in class order)."""
-        order = np.argsort(-probs, kind="stable")[: min(int(k), self.num_classes)]
-        return [(self.labels[i], float(probs[i])) for i in order]
+        """A Prediction of one row of the file's probabilities: top-k calibrated (label, probability), highest
+        first (ties in class order), and the decision, a label or "unknown"."""
+        cal = self.rule.calibrate(probs[None])[0]
+        order = np.argsort(-cal, kind="stable")[: min(int(k), self.num_classes)]
+        conf = float(cal[order[0]])
+        answered = conf >= self.rule.threshold
+        return Prediction([(self.labels[i], float(cal[i])) for i in order], self.labels[order[0]] if answered else UNKNOWN,
+                          conf, not answered or conf < self.rule.review_below)
 
     def predict(self, images, top_k=5, batch=BATCH):
-        """Top-k [(label, probability), ...] for one image, or a list of those for a list of images.
+        """A Prediction for one image, or a list of those for a list of images: top-k [(label, probability),
+        ...] with .label (a class, or "unknown" under the rule's threshold), .confidence and .review.
 
         An image is a path, bytes, a PIL image or an HxWx3 array. A list is run `batch` images at a
         time, so memory does not grow with its length; an unreadable image raises InputError (use
@@ -190,7 +200,7 @@ class Classifier:
 
         for img in images:
             try:
-                pending.append((img, load_pixels(img, self.size)))
+                pending.append((img, load_pixels(img, self.size, self.fit)))
             except InputError as e:
                 pending.append((img, str(e)))
             if len(pending) >= batch:
@@ -208,7 +218,9 @@ class Classifier:
             "input": self.input.as_dict(),
             "output": self.output.as_dict(),
             "image_size": list(self.size),
+            "fit": self.fit,
             "runtime_settings": self.settings,
             "runtime_settings_source": self.settings_source,
             "labels": self.labels,
+            "decision": self.rule.as_dict(),
         }

@@ -195,13 +195,14 @@ def cmd_predict(args):
         total += 1
         failed += error is not None
         if args.json:
-            row = {"image": image, "error": error} if error else {
-                "image": image, "top_k": [{"label": l, "probability": round(p, 6)} for l, p in top]}
+            row = {"image": image, "error": error} if error else {"image": image, **top.as_dict(digits=6)}
             print(json.dumps(row), flush=True)
         elif error:
             print(f"error: {printable(error)}", file=sys.stderr, flush=True)
         else:
-            print(f"{printable(image)}: " + ", ".join(f"{l} {p:.3f}" for l, p in top), flush=True)
+            scores = ", ".join(f"{l} {p:.3f}" for l, p in top)
+            print(f"{printable(image)}: " + (f"unknown (confidence {top.confidence:.3f}; {scores})" if top.unknown
+                                             else scores), flush=True)
     if failed:
         if total > 1:
             print(f"error: {failed} of {total} images could not be classified", file=sys.stderr)

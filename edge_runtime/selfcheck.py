@@ -42,6 +42,16 @@ def compare(probs, reference, tol):
             "per_image": diff.tolist(), "passed": bool(same.all() and diff.max(initial=0) <= tol)}
 
 
+def decisions(rule, probs, reference, tol):
+    """The bundle's decision rule (a class or "unknown") on this machine's outputs against the build machine's:
+    images with another decision, except those whose confidence sits within the tolerance of the threshold."""
+    mine, _ = rule.decide(probs)
+    theirs, conf = rule.decide(reference)
+    same = mine == theirs
+    edge = ~same & (np.abs(conf - rule.threshold) <= 2 * tol)
+    return {"same_decisions": int(same.sum()), "at_threshold": int(edge.sum())}
+
+
 def check_file(bundle, variant, ref):
     """One candidate's result: {"variant", "passed", "line", ...}; a file that will not load fails, it does not raise."""
     fmt = bundle.entry(variant)["format"]
@@ -56,15 +66,18 @@ def check_file(bundle, variant, ref):
                 "line": f"FAIL  {variant}: the bundle holds no reference outputs for it"}
     tol, what = tolerance(fmt, bundle.kind(variant), clf.output.scale if clf.output.quantized else None)
     r = compare(probs, expected, tol)
+    r.update(decisions(clf.rule, probs, expected, tol))
+    r["passed"] = r["passed"] and r["same_decisions"] + r["at_threshold"] == r["images"]
     r.update(variant=variant, tolerance=tol, tolerance_kind=what, probabilities=probs.tolist())
-    figures = (f"{r['same_top1']}/{r['images']} same top-1, max |Δp| {r['max_abs_prob_diff']:.2e}"
+    figures = (f"{r['same_top1']}/{r['images']} same top-1, {r['same_decisions']}/{r['images']} same decisions, "
+               f"max |Δp| {r['max_abs_prob_diff']:.2e}"
                f" (tolerance {tol:.2e}, {what})")
     if r["passed"]:
         r["line"] = f"ok    {variant}: {figures}"
     else:
         worst = ref["images"][r["worst_image"]]["file"]
         r["line"] = (f"FAIL  {variant}: {r['images'] - r['within']} of {r['images']} images beyond tolerance or with "
-                     f"another top-1; {figures}; worst {worst}")
+                     f"another top-1 or decision; {figures}; worst {worst}")
     return r
 
 
@@ -72,7 +85,7 @@ def check_decoding(ref):
     """The reference image files through this machine's decoder and resize, against the host's pixels."""
     size = ref["pixels"].shape[1:3]
     try:
-        mine = np.stack([load_pixels(ref["folder"] / img["file"], size) for img in ref["images"]])
+        mine = np.stack([load_pixels(ref["folder"] / img["file"], size, ref.get("fit", "squash")) for img in ref["images"]])
     except InputError as e:
         return {"variant": "decode", "passed": False, "error": str(e), "line": f"FAIL  decode: {e}"}
     diff = np.abs(mine.astype(np.int16) - ref["pixels"].astype(np.int16))

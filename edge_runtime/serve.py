@@ -2,7 +2,8 @@
 
     POST /v1/classify[?top_k=N]   an image as the raw body (Content-Type image/* or
                                   application/octet-stream) or a multipart/form-data upload (field
-                                  "image" or "file"); answers {"top_k": [{"label", "probability"}], ...}
+                                  "image" or "file"); answers {"label" (a class or "unknown"),
+                                  "confidence", "unknown", "review", "top_k": [{"label", "probability"}], ...}
     GET  /v1/model                labels, variant, file, sha256, preprocessing contract, runtime
     GET  /health                  {"status": "ok", ...} once the model is loaded
     GET  /metrics                 Prometheus text: requests, errors by kind, latency histograms,
@@ -149,6 +150,9 @@ class Metrics:
                                  buckets=LATENCY_BUCKETS, registry=r)
         self.inference = Histogram("edgeclf_inference_seconds", "decode, resize and inference on a worker",
                                    buckets=LATENCY_BUCKETS, registry=r)
+        self.answers = Counter("edgeclf_classifications", "images classified (a rising share of unknown answers is "
+                               "a sign the photos changed)", registry=r)
+        self.unknown = Counter("edgeclf_unknown_answers", "images answered \"unknown\" by the decision rule", registry=r)
         self.inflight = Gauge("edgeclf_requests_in_flight", "classify requests being handled", registry=r)
         self.queue_depth = Gauge("edgeclf_queue_depth", "jobs waiting for a worker", registry=r)
         self.connections = Counter("edgeclf_connection_events",
@@ -168,7 +172,8 @@ def model_info(model, clf, why):
     return {"variant": clf.variant, "file": path.name, "sha256": sha256_file(path), "format": clf.backend.format,
             "why": why, "labels": clf.labels, "image_size": list(clf.size), "input": clf.input.as_dict(),
             "output": clf.output.as_dict(), "runtime_settings": clf.settings,
-            "preprocessing": ((clf.manifest or {}).get("preprocessing")), "versions": runtime_versions()}
+            "preprocessing": ((clf.manifest or {}).get("preprocessing")), "decision": clf.rule.as_dict(),
+            "versions": runtime_versions()}
 
 
 class BodyBytes:
@@ -321,11 +326,14 @@ class Service:
         try:
             result, job = await self._answer(request, start, share)
             done = time.perf_counter()
-            response = JSONResponse({"top_k": [{"label": l, "probability": p} for l, p in result],
+            if result.unknown:
+                self.metrics.unknown.inc()
+            response = JSONResponse({**result.as_dict(),
                                      "variant": self.info["variant"], "sha256": self.info["sha256"],
                                      "ms": {"total": round(1000 * (done - start), 3),
                                             "waited": round(1000 * (job.started - start), 3)}})
             self.metrics.latency.observe(time.perf_counter() - start)
+            self.metrics.answers.inc()
         except HTTPError as e:
             response = self.error(e)
         except Exception as e:  # noqa: BLE001  the service must outlive any one request

@@ -9,6 +9,10 @@ An image counts as complete once it has not been modified for --settle seconds, 
 still writing it is left until it is done; names writers use while writing (hidden, *.tmp, *.part,
 ...) are never read. An image that will not decode is reported on its own line and not retried until
 it changes; an image that changes after it was classified is classified again.
+
+Images answered "unknown", or answered with less confidence than the rule's review_below, are also listed
+in the review file (default DIR/review.jsonl), one JSON line each: a person labels them (copies each into a
+folder named after its class) and `edgeclf train --extra-data FOLDER` takes them into the next training run.
 """
 import json
 import os
@@ -20,6 +24,7 @@ from pathlib import Path
 from .inputs import image_suffixes
 
 OUTPUT = "classifications.jsonl"
+REVIEW = "review.jsonl"
 WRITING = (".tmp", ".part", ".partial", ".crdownload", ".download", ".swp", "~")
 
 
@@ -74,6 +79,7 @@ class Watcher:
     def __init__(self, clf, folder, out=None, top_k=5, settle=1.0, log=print):
         self.clf, self.folder = clf, Path(folder)
         self.out = Path(out) if out else self.folder / OUTPUT
+        self.review = self.out.with_name(REVIEW)
         self.top_k, self.settle, self.log = top_k, settle, log
         self.done = load_done(self.out)
         self.stopping = False
@@ -84,13 +90,17 @@ class Watcher:
         written = 0
         for i in range(0, len(todo), self.batch):
             chunk = todo[i : i + self.batch]
-            lines = []
+            lines, review = [], []
             for (rel, st), (_, top, error) in zip(chunk, self.clf.stream([str(self.folder / r) for r, _ in chunk],
                                                                          self.top_k, self.batch)):
                 row = {"image": rel, "size": st.st_size, "mtime_ns": st.st_mtime_ns}
-                row.update({"error": error} if error else {"top_k": [{"label": l, "probability": p} for l, p in top]})
+                row.update({"error": error} if error else top.as_dict())
                 row.update(variant=self.clf.variant, at=datetime.now(timezone.utc).isoformat(timespec="seconds"))
                 lines.append(json.dumps(row) + "\n")
+                if not error and top.review:
+                    review.append(json.dumps({"image": str(self.folder / rel), **top.as_dict()}) + "\n")
+            if review:  # before the record: a kill between the two may list an image twice, never lose it
+                self._append(review, self.review)
             self._append(lines)
             for rel, st in chunk:
                 self.done.add(_key(rel, st))
@@ -99,10 +109,11 @@ class Watcher:
                 break
         return written
 
-    def _append(self, lines):
+    def _append(self, lines, path=None):
         """Append whole lines and force them to disk: what is in the file was done."""
-        self.out.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.out, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        path = self.out if path is None else path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         try:
             os.write(fd, "".join(lines).encode("utf-8"))
             os.fsync(fd)

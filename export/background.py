@@ -22,7 +22,8 @@ class Job:
         self.dir = Path(tempfile.mkdtemp(prefix=prefix(f"export-{v.name}")))
         ctx.scratch.append(self.dir)  # removed with the export's other scratch when it ends
         job = {"run": str(ctx.run.path), "variant": v.name, "config": asdict(ctx.export_config), "dir": str(self.dir),
-               "source_sha256": ctx.source_sha256}
+               "source_sha256": ctx.source_sha256,
+               "decision": ctx.budget.rule.as_dict() if ctx.budget.rule is not None else None}
         (self.dir / "job.json").write_text(json.dumps(job), encoding="utf-8")
         self.proc = subprocess.Popen([sys.executable, "-m", "export.convert_alone", str(self.dir / "job.json")])
 

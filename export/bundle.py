@@ -93,7 +93,8 @@ From Python:
 
     from edge_runtime import Classifier
     clf = Classifier("{first_file}")   # labels.txt and manifest.json beside it are used
-    clf.predict("photo.jpg", top_k=3)                # [(label, probability), ...]
+    p = clf.predict("photo.jpg", top_k=3)            # [(label, probability), ...], calibrated
+    p.label, p.confidence, p.review                  # a class, or "unknown" under the manifest's decision rule
 
 One Classifier may be shared by many threads.
 
@@ -288,6 +289,8 @@ def members(plan, work):
                  "threads": 1, "recorded_on": dict(signature(), versions=runtime_versions())}
     statuses = {v: provenance(v, e, measured) for v, e in entries.items()}
     slim = {k: v for k, v in manifest.items() if k not in ("variants", "runtime_settings")}  # tuned for this host only
+    if slim.get("decision"):  # the builder's paths stay with the builder
+        slim["decision"] = {k: v for k, v in slim["decision"].items() if k != "unknown_folder"}
     slim.update(run=run.path.name, variants=entries,
                 selfcheck={"kinds": {v: table.get(v).selfcheck_kind for v in entries}},
                 # the export's time, not the build's: two builds of one export are byte for byte the same

@@ -6,6 +6,7 @@ import sys
 import traceback
 from pathlib import Path
 
+from edge_runtime.decision import Rule
 from edge_runtime.files import write_json
 from runlib.options import config_class
 from runlib.progress import logger
@@ -22,6 +23,9 @@ def main(argv=None):
     try:
         # what the conversion stages (the QAT source) stays in the job's folder for the parent
         ctx = Context(Run(job["run"]), config_class("export")(**job["config"]), log=logger(f"export {v.name}"), work=out)
+        if job.get("decision"):  # the parent's rule; the field-like photos made again here, the same way
+            ctx.budget.rule = Rule.from_record(job["decision"])
+            ctx.budget.outside = ctx.field_like
         entry = convert(v, ctx, out / v.filename, {"source_model": {"sha256": job["source_sha256"]}})
         write_json(out / "result.json", {"entry": entry})
         return 0

@@ -19,7 +19,7 @@ from edge_runtime.errors import InputError
 from edge_runtime.files import (MANIFEST, TEMP_PREFIX, atomic_path, fsync_path, read_manifest, sha256_file, write_json,
                                 write_text)
 from edge_runtime.machine import cores
-from edge_runtime.preprocess import load_batch
+from edge_runtime.preprocess import fit_of, load_batch
 from runlib.progress import Progress, heartbeat, logger
 
 from .variants import from_names
@@ -113,11 +113,14 @@ class Context:
         from .bias_correction import correct
 
         images = self.calibration, self.validation, self.smoke  # computed once, from the original model
+        field_like = self.field_like
         work = Path(tempfile.mkdtemp(prefix=prefix("export-bias-corrected")))
         self.scratch.append(work)
         with heartbeat("export", "correcting biases for int8 weights"):
             model, correction = correct(self.model, images[0])
         view = Context(self.run, self.export_config, log=self.log, work=work, model=model, images=images)
+        view.budget.rule, view.budget.outside = self.budget.rule, self.budget.outside
+        view._images["field_like"] = field_like
         view.correction = correction  # its own trace and tf2onnx seconds are reported with the correction
         return view
 
@@ -129,7 +132,7 @@ class Context:
         if missing:
             raise InputError(f"{self.data_root / missing[0]} from the run's split is missing ({len(missing)} file(s)); "
                              f"is the dataset still at {self.data_root}?")
-        return load_batch([self.data_root / s.path for s in samples], self.size)
+        return load_batch([self.data_root / s.path for s in samples], self.size, fit_of(self.config))
 
     @property
     def model(self):
@@ -158,6 +161,33 @@ class Context:
     @property
     def smoke(self):
         return self._cached("smoke", self._smoke)
+
+    @property
+    def field_like(self):
+        """(uint8 pixels, Keras probabilities) of photos like a field's, on which the integer files must make the
+        Keras model's decisions too: each validation image under one corruption (runlib/corruptions.py), and the
+        --unknown images. The validation split alone is as clean as the training photos, where files rarely
+        part; field photos are where the model is unsure, and where they do."""
+        return self._cached("field_like", self._field_like)
+
+    @cached_property
+    def unknown_pixels(self):
+        """uint8 pixels of --unknown's readable images, or None."""
+        if not self.export_config.unknown:
+            return None
+        from runlib.field import pixels_of, read_unknown
+
+        photos = read_unknown(self.export_config.unknown)
+        return pixels_of(photos, self.size, fit_of(self.config), "--unknown", self.log)[0]
+
+    def _field_like(self):
+        from runlib.corruptions import one_each
+
+        parts = [one_each(self.validation[0], self.seed)]
+        if self.unknown_pixels is not None:
+            parts.append(self.unknown_pixels)
+        pixels = np.concatenate(parts)
+        return pixels, self.model.predict(pixels.astype(np.float32), verbose=0)
 
     def _calibration(self):
         """uint8 images from the training split, drawn evenly across classes (round robin), seeded."""
@@ -305,6 +335,7 @@ def export_run(run, config, variants=None):
         "tool_versions": package_versions(TOOLS),
     })
     manifest.setdefault("variants", {})
+    manifest["decision"] = decision_rule(ctx, config)
     ctx.source_sha256 = manifest["source_model"]["sha256"]
     failed = []
     try:
@@ -312,6 +343,26 @@ def export_run(run, config, variants=None):
     finally:
         ctx.close()
     return manifest, failed
+
+
+def decision_rule(ctx, config):
+    """The manifest's "decision": calibration and abstention fitted on the validation split (export/abstention.py)
+    and, with --unknown, on images the model must not name."""
+    from .abstention import fit_rule
+
+    pixels, y, probs = ctx.validation
+    unknown = None
+    if ctx.unknown_pixels is not None:
+        unknown = ctx.model.predict(ctx.unknown_pixels.astype(np.float32), verbose=0)
+    rule, record = fit_rule(y, probs, config, unknown)
+    # the fallback and bias correction aim at the same decisions, on validation and on field-like photos
+    ctx.budget.rule, ctx.budget.outside = rule, ctx.field_like
+    if config.unknown:
+        record["unknown_folder"] = str(Path(config.unknown).resolve())
+    ctx.log(f"decision rule: temperature {rule.temperature:.3f}, answer when calibrated confidence >= "
+            f"{rule.threshold:.3f} ({record['threshold_rule']}; {record['validation_coverage']:.1%} of validation "
+            "images answered)")
+    return record
 
 
 def convert(v, ctx, tmp, manifest):

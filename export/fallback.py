@@ -50,6 +50,9 @@ class Budget:
     seconds: float = _OPTION["fallback_seconds"]  # the single-op search runs only if its ranking should take no longer
     max_class_drop: float = _OPTION["max_class_drop"]  # the per-class budget, as the gate applies it
     class_images: int = _OPTION["class_images"]
+    rule: object = None  # the run's decision rule (edge_runtime.decision.Rule): decisions must agree as well
+    outside: object = None  # (uint8 pixels, Keras probabilities) of photos like the field's: decisions agree there too
+
 
     @classmethod
     def of(cls, config):
@@ -60,8 +63,12 @@ class Budget:
 
     def misses(self, m):
         """Why validation metrics `m` miss the budget, overall or in a class (empty when they hold it)."""
+        decisions = [(m.get(key), where) for key, where in (("decision_agreement", "validation images"),
+                                                            ("decision_agreement_outside", "field-like images"))]
         return (parity_misses(m["top1_change_points"], m["agreement"], self.max_drop, self.min_agreement)
-                + class_misses(m.get("classes_lost") or {}, self.max_class_drop, self.class_images))
+                + class_misses(m.get("classes_lost") or {}, self.max_class_drop, self.class_images)
+                + [f"decision agreement {a:.3f} on {where} < {self.min_agreement:g}" for a, where in decisions
+                   if a is not None and a < self.min_agreement - 1e-12])
 
     def closeness(self, m):
         """Orders validation metrics, closer to the Keras model last: meeting the budget, then a smaller
@@ -69,7 +76,9 @@ class Budget:
         return (not self.misses(m), -m["mean_abs_prob_diff"])
 
 
-def val_metrics(probs, ref, labels):
+def val_metrics(probs, ref, labels, rule=None):
+    """A file's validation figures against the Keras model; with the run's decision rule, the share of images on
+    which both decide alike (the same class, or both "unknown") too."""
     pred, ref_pred = probs.argmax(1), ref.argmax(1)
     drop = 100.0 * (np.mean(pred == labels) - np.mean(ref_pred == labels))
     parity = class_parity(labels, probs, ref, [str(c) for c in range(probs.shape[1])])
@@ -77,7 +86,16 @@ def val_metrics(probs, ref, labels):
             "agreement": round(float(np.mean(pred == ref_pred)), 4),
             "mean_abs_prob_diff": float(np.abs(probs - ref).mean()),
             # only the classes that lost ground, so the manifest stays small with hundreds of classes
-            "classes_lost": {c: v for c, v in parity.items() if v["lost"] > v["gained"]}}
+            "classes_lost": {c: v for c, v in parity.items() if v["lost"] > v["gained"]},
+            **({"decision_agreement": round(float(np.mean(rule.decide(probs)[0] == rule.decide(ref)[0])), 4)}
+               if rule is not None else {})}
+
+
+def decided(m):
+    """The decision agreements of validation metrics, for a log line ('' when there is no rule)."""
+    parts = [f"{m[k]:.3f} {w}" for k, w in (("decision_agreement", "validation"), ("decision_agreement_outside",
+                                                                                   "field-like")) if k in m]
+    return f", decisions {' / '.join(parts)}" if parts else ""
 
 
 def _probabilities(path, pixels):
@@ -86,10 +104,17 @@ def _probabilities(path, pixels):
     return Classifier(path, verify=False, threads=os.cpu_count()).probabilities(pixels)
 
 
-def measure(path, validation):
-    """Validation metrics of a quantized file, run through edge_runtime, against the Keras model."""
+def measure(path, validation, budget=None):
+    """Validation metrics of a quantized file, run through edge_runtime, against the Keras model; with a budget
+    holding the run's rule, its decisions on the validation images and on the budget's field-like images too."""
     pixels, labels, ref = validation
-    return val_metrics(_probabilities(path, pixels), ref, labels)
+    rule = budget.rule if budget is not None else None
+    m = val_metrics(_probabilities(path, pixels), ref, labels, rule)
+    if rule is not None and budget.outside is not None:
+        px, theirs = budget.outside
+        mine = rule.decide(_probabilities(path, px))[0]
+        m["decision_agreement_outside"] = round(float(np.mean(mine == rule.decide(theirs)[0])), 4)
+    return m
 
 
 def short_name(op):
@@ -147,7 +172,7 @@ class Search:
         validation metrics) of the fully quantized file when already measured."""
         if full is None:
             path = self.build([], "full")
-            full = path, measure(path, self.validation)
+            full = path, measure(path, self.validation, self.budget)
         full, before = Path(full[0]), full[1]
         missed = self.misses(before)
         b = self.budget
@@ -156,7 +181,7 @@ class Search:
                   "candidate_ops": len(self.candidates), "validation_before": before, "kept_float": [],
                   "validation_after": before, "met_budget": not missed}
         self.log(f"  validation ({before['images']} images): Δtop-1 {before['top1_change_points']:+.1f} pts, "
-                 f"agreement {before['agreement']:.3f}"
+                 f"agreement {before['agreement']:.3f}{decided(before)}"
                  + ("" if not missed else f": misses the budget ({'; '.join(missed)})"))
         if not missed or not b.enabled or not self.candidates:
             return full, record
@@ -179,9 +204,9 @@ class Search:
         def attempt(k):
             ops = self.candidates[len(self.candidates) - k:]
             path = self.build(ops, f"tail{k}")
-            m = measure(path, self.validation)
+            m = measure(path, self.validation, self.budget)
             self.log(f"  last {k} op(s) in float, from {short_name(ops[0])}: Δtop-1 {m['top1_change_points']:+.1f} pts, "
-                     f"agreement {m['agreement']:.3f}" + (" -> meets the budget" if not self.misses(m) else ""))
+                     f"agreement {m['agreement']:.3f}{decided(m)}" + (" -> meets the budget" if not self.misses(m) else ""))
             tried[k] = path, m
             return not self.misses(m)
 
@@ -224,10 +249,10 @@ class Search:
                 break
             tried += 1
             trial = self.build(chosen + [op], f"try{tried}")
-            m = measure(trial, self.validation)
+            m = measure(trial, self.validation, self.budget)
             keep = m["mean_abs_prob_diff"] < after["mean_abs_prob_diff"] or not self.misses(m)
             self.log(f"  {short_name(op)} in float: Δtop-1 {m['top1_change_points']:+.1f} pts"
-                     f", agreement {m['agreement']:.3f}"
+                     f", agreement {m['agreement']:.3f}{decided(m)}"
                      + (f" -> kept ({len(chosen) + 1} op(s) in float)" if keep else " -> no better, back to int8"))
             if keep:
                 chosen, after, path, in_vain = chosen + [op], m, trial, 0
@@ -247,12 +272,12 @@ class Search:
         ops = self.fmt.compact(path, dst)
         if not ops:
             return path, after, {"int8": False, "reason": "no float op with weights"}
-        m = measure(dst, self.validation)
+        m = measure(dst, self.validation, self.budget)
         keep = not self.misses(m) if not self.misses(after) else (m["agreement"] >= after["agreement"]
                                                                   and m["top1_change_points"] >= after["top1_change_points"])
         self.log(f"  int8 weights in {ops} float op(s): {path.stat().st_size / 1e6:.1f} "
                  f"-> {dst.stat().st_size / 1e6:.1f} MB, "
-                 f"Δtop-1 {m['top1_change_points']:+.1f} pts, agreement {m['agreement']:.3f} -> "
+                 f"Δtop-1 {m['top1_change_points']:+.1f} pts, agreement {m['agreement']:.3f}{decided(m)} -> "
                  + ("kept" if keep else "not kept (float weights hold parity better)"))
         record = {"int8": keep, "ops": ops, "validation": m, "bytes": dst.stat().st_size}
         return (dst, m, record) if keep else (path, after, record)

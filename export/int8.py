@@ -21,7 +21,7 @@ from pathlib import Path
 from . import ranges
 from runlib.scratch import prefix
 
-from .fallback import Search, measure
+from .fallback import Search, decided, measure
 from .stopwatch import Stopwatch
 
 
@@ -37,8 +37,8 @@ def export_int8(fmt, ctx, path):
         def write(method):
             return f.write(method, work / f"ranges-{method.replace('@', '-from-')}{f.suffix}")
 
-        method, ranges_record, full = ranges.choose(write, lambda p: measure(p, ctx.validation), ctx.budget.misses,
-                                                    ctx.ranges, ctx.log)
+        method, ranges_record, full = ranges.choose(write, lambda p: measure(p, ctx.validation, ctx.budget),
+                                                    ctx.budget.misses, ctx.ranges, ctx.log)
         f.use(method)
         stages.lap("activation ranges")
         f, full, correction = bias_correction(fmt, ctx, work, f, method, full)
@@ -66,9 +66,10 @@ def bias_correction(fmt, ctx, work, f, method, full):
     g.calibrate()
     corrected = g.write(method, g.work / f"full{g.suffix}")
     g.use(method)
-    after = measure(corrected, ctx.validation)
+    after = measure(corrected, ctx.validation, ctx.budget)
     keep = ctx.budget.closeness(after) > ctx.budget.closeness(before)
-    ctx.log(f"  bias-corrected: Δtop-1 {after['top1_change_points']:+.1f} pts, agreement {after['agreement']:.3f}, "
+    ctx.log(f"  bias-corrected: Δtop-1 {after['top1_change_points']:+.1f} pts, agreement {after['agreement']:.3f}"
+            f"{decided(after)}, "
             f"mean |Δp| {before['mean_abs_prob_diff']:.4f} -> {after['mean_abs_prob_diff']:.4f}: "
             + ("kept" if keep else "not kept"))
     keys = ("top1_change_points", "agreement", "mean_abs_prob_diff")

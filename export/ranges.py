@@ -12,6 +12,8 @@ from typing import NamedTuple
 
 import numpy as np
 
+from .fallback import decided
+
 PERCENTILES = ("p99.99", "p99.9")
 FROM = (0.0, 0.25, 0.5, 0.75)  # share of the ops before the first clipped tensor
 SAMPLES_PER_IMAGE = 4096  # activation values kept per tensor and image for the percentiles
@@ -94,7 +96,7 @@ def choose(write, evaluate, misses, method="auto", log=print):
         metrics = evaluate(files[m])
         tried.append({"method": m, **metrics})
         log(f"  activation ranges {m}: validation Δtop-1 {metrics['top1_change_points']:+.1f} pts, "
-            f"agreement {metrics['agreement']:.3f}, mean |Δp| {metrics['mean_abs_prob_diff']:.4f}")
+            f"agreement {metrics['agreement']:.3f}{decided(metrics)}, mean |Δp| {metrics['mean_abs_prob_diff']:.4f}")
         if m == "minmax" and not misses(metrics):
             break  # the calibrator's own ranges already hold the budget: keep them
     best = min(tried, key=lambda t: (t["mean_abs_prob_diff"], -t["agreement"]))  # one when min/max held the budget

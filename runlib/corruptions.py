@@ -96,6 +96,19 @@ def corrupted_set(pixels, seed=0):
     return names, np.concatenate(parts)
 
 
+def one_each(pixels, seed=0, severity=2):
+    """Each image under one corruption in turn (image i under the (i mod 8)th), at one severity: photos like a
+    field's, as many as there are images, for checks that cannot afford every corruption of every image."""
+    pixels = np.asarray(pixels, np.uint8)
+    out = pixels.copy()
+    names = list(CORRUPTIONS)
+    for k, name in enumerate(names):
+        idx = np.arange(k, len(pixels), len(names))
+        if len(idx):
+            out[idx] = corrupt(pixels[idx], name, severity, seed)
+    return out
+
+
 def pick(labels, count):
     """Indices of `count` test images spread evenly over the classes (all when fewer), in a fixed order."""
     labels = np.asarray(labels)

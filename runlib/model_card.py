@@ -3,6 +3,8 @@
 `edgeclf benchmark` writes it into the run folder; `edgeclf bundle` ships it."""
 import json
 
+from edge_runtime.preprocess import fit_of
+
 from .metrics import wilson_interval
 
 CARD = "MODEL_CARD.md"
@@ -32,7 +34,8 @@ def render(run):
     cfg, data, metrics, manifest, report = f["config"], f["data"], f["metrics"], f["manifest"], f["report"]
     out = [f"# Model card: {run.path.name}", ""]
     out += _purpose(cfg, f["classes"]) + _data(data) + _recipe(cfg) + _metrics(metrics, f["classes"])
-    out += _variants(report, manifest) + _chain(cfg, manifest, report) + _limits(metrics, report)
+    out += _variants(report, manifest) + _decisions(manifest, report) + _chain(cfg, manifest, report)
+    out += _limits(metrics, report)
     return "\n".join(out) + "\n"
 
 
@@ -42,9 +45,10 @@ def _purpose(cfg, classes):
             f"An image classifier for {len(classes)} classes "
             f"({', '.join(classes[:20])}{', ...' if len(classes) > 20 else ''}), fine-tuned from `{cfg['backbone']}` "
             f"({'ImageNet weights' if cfg['weights'] not in ('none', None) else 'random weights'}). "
-            f"It takes one RGB image, resized whole to {h}x{w} (the preprocessing contract: Pillow's bilinear, EXIF "
-            f"orientation applied, transparency over white; normalisation inside the model), and returns a probability "
-            f"per class. It knows only these classes: every image gets one of them.", ""]
+            f"It takes one RGB image, {'its centre cropped to the input shape and ' if fit_of(cfg) == 'crop' else ''}"
+            f"resized {'whole ' if fit_of(cfg) == 'squash' else ''}to {h}x{w} (the preprocessing contract: Pillow's "
+            f"bilinear, EXIF orientation applied, transparency over white; normalisation inside the model), and returns "
+            f"a probability per class, or \"unknown\" under the decision rule below.", ""]
 
 
 def _data(data):
@@ -149,6 +153,38 @@ def _chain(cfg, manifest, report):
     return out + [""]
 
 
+def _decisions(manifest, report):
+    """The decision rule, and the field check when the benchmark had field photos."""
+    d = manifest.get("decision")
+    if not d:
+        return []
+    out = ["## Confidence and \"unknown\"", "",
+           f"Probabilities are calibrated (temperature scaling, T = {d['temperature']:.3f}, fitted on "
+           f"{d.get('fitted_on', 'the validation split')}); the model answers \"unknown\" when its calibrated "
+           f"confidence is under {d['threshold']:.3f} ({d.get('threshold_rule', '')}; "
+           f"{d.get('validation_coverage', float('nan')):.1%} of validation images answered). Every exported file "
+           "applies the same rule, and the benchmark gates each on making the Keras model's decisions.", ""]
+    keras = next((r for r in report.get("rows", []) if r["variant"] == "keras"), None)
+    t = ((keras or {}).get("decisions") or {}).get("test")
+    if t:
+        out += [f"On the test split the Keras model answers {t['coverage']:.1%} of the images, "
+                f"{t['selective_accuracy']:.1%} of those answers right.", ""]
+    field = ((keras or {}).get("decisions") or {}).get("field")
+    meta = ((report.get("context") or {}).get("outside") or {}).get("field")
+    if field and meta:
+        nan = float("nan")
+        out += ["## In the field", "",
+                f"{meta['images']} photos from `{meta['folder']}` (known species: {', '.join(meta['known_folders'])}; "
+                f"species it must not name: {', '.join(meta['unknown_folders']) or 'none'}), the Keras model:", "",
+                f"- top-1 on the known species {field.get('top1', nan):.3f} (test split: {keras['top1']:.3f});",
+                f"- under the rule it answers {field.get('coverage', nan):.1%} of them, "
+                f"{field.get('selective_accuracy', nan):.1%} of those right;",
+                f"- it still names a species for {field.get('unknown_named', nan):.1%} of the photos of species it was "
+                f"not trained on (AUROC of its confidence, known against unknown, {field.get('auroc', nan):.2f}).",
+                ""]
+    return out
+
+
 def _limits(metrics, report):
     test = metrics.get("test") or {}
     pairs = test.get("most_confused") or []
@@ -161,9 +197,14 @@ def _limits(metrics, report):
     if keras and keras.get("mobile_resize_agreement") is not None:
         out.append(f"- Resized the way most mobile apps do (bilinear without antialiasing), the Keras model keeps its "
                    f"answer on {keras['mobile_resize_agreement']:.1%} of the test images: resize as the contract says.")
-    out += ["- It was tested only on images like its own test split; photos from other cameras, places or seasons can "
-            "score lower, and an image of none of its classes still gets one of them.",
-            "- The test split is small: every rate above comes with its 95% interval.", ""]
+    field = ((keras or {}).get("decisions") or {}).get("field")
+    out += ([f"- On field photos (above) its top-1 on the known species was {field['top1']:.3f}, against "
+             f"{keras['top1']:.3f} on the test split." if field and field.get("top1") is not None else
+             "- It was tested only on images like its own test split (no field photos were given to the benchmark); "
+             "photos from other cameras, places or seasons can score lower."]
+            + ["- An image of none of its classes gets a class whenever its calibrated confidence clears the threshold; "
+               "the rule lowers that risk, it does not remove it.",
+               "- The test split is small: every rate above comes with its 95% interval.", ""])
     return out
 
 
