@@ -65,8 +65,15 @@ def test_percentiles():
     assert s["p99_ms"] == pytest.approx(99.01) and s["min_ms"] == pytest.approx(1.0)
 
 
-def test_benchmark_reports_every_variant(tiny_export):
-    proc = run_cli("-m", "benchmark", "--run", str(tiny_export.path), "--no-gate", *FAST)
+def test_benchmark_reports_every_variant(tiny_export, tmp_path):
+    from conftest import COLOURS, make_image
+
+    field = tmp_path / "field"  # photos "from elsewhere": two known classes, larger, and a species it never saw
+    for name, colour in (("red", COLOURS[0]), ("blue", COLOURS[2]), ("yellow_moth", COLOURS[3])):
+        (field / name).mkdir(parents=True)
+        for i in range(6):
+            make_image(colour, 90, seed=500 + i).save(field / name / f"{i}.jpg")
+    proc = run_cli("-m", "benchmark", "--run", str(tiny_export.path), "--no-gate", "--field", str(field), *FAST)
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = tiny_export.benchmark_dir
     report = json.loads((out / "report.json").read_text())
@@ -121,8 +128,21 @@ def test_benchmark_reports_every_variant(tiny_export):
     assert all(f"| {name} |" in md for name in rows) and "## Per-class recall" in md
     assert "## Which file to deploy on this machine" in md and "same class, mobile resize" in md
     assert "| runtime settings |" in md and "xnnpack=" in md and "graph_optimization=" in md
-    for png in ("accuracy_vs_latency.png", "confusion_float_vs_int8.png"):
+    for png in ("accuracy_vs_latency.png", "confusion_float_vs_int8.png", "reliability.png", "risk_coverage.png"):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # the decision rule from the export manifest, applied to every file; the field folder's classes and strangers
+    rule = json.loads(tiny_export.export_manifest.read_text())["decision"]
+    assert report["context"]["decision_rule"]["threshold"] == rule["threshold"]
+    assert report["context"]["outside"]["field"]["known_folders"] == ["blue", "red"]
+    assert report["context"]["outside"]["field"]["unknown_folders"] == ["yellow_moth"]
+    for name, r in rows.items():
+        f = r["decisions"]["field"]
+        assert f["known_images"] == 12 and f["unknown_images"] == 6 and 0 <= f["unknown_named"] <= 1
+        assert 0 <= f["coverage"] <= 1 and 0 <= f["auroc"] <= 1 and r["decisions"]["calibration"]["ece"] >= 0
+        assert (name == "keras") == (f.get("agreement") is None)
+    assert rows["tflite-fp32"]["decisions"]["test"]["agreement"] == 1.0
+    assert "## The field check" in md and "yellow_moth" in md and "## Decisions" in md
+    assert "## In the field" in (tiny_export.path / "MODEL_CARD.md").read_text()
 
 
 @pytest.fixture

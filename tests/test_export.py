@@ -223,7 +223,7 @@ def test_a_background_conversion_that_fails_says_why_in_the_parent(tmp_path):
 
     ctx = SimpleNamespace(run=SimpleNamespace(path=tmp_path / "no-such-run"),
                           export_config=resolve("export", {}), scratch=[],
-                          source_sha256="0" * 64)
+                          source_sha256="0" * 64, budget=SimpleNamespace(rule=None))
     job = Job(BY_NAME["tflite-qat-int8"], ctx)
     assert ctx.scratch == [job.dir]
     with pytest.raises(RuntimeError) as e:

@@ -61,7 +61,7 @@ def test_the_fallback_applies_the_per_class_budget_on_validation():
 
 
 def test_corruptions_are_the_same_for_the_same_seed():
-    from benchmark.corruptions import CORRUPTIONS, corrupt, corrupted_set, pick
+    from runlib.corruptions import CORRUPTIONS, corrupt, corrupted_set, pick
 
     pixels = np.random.default_rng(1).integers(0, 256, (4, 48, 48, 3), dtype=np.uint8)
     names, a = corrupted_set(pixels, seed=3)

@@ -1,5 +1,6 @@
 """Training: the run folder, the model's preprocessing, resume, overwrite protection, distribution."""
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -305,3 +306,36 @@ def test_step_time_prints_one_row_per_precision_and_refuses_an_unknown_one():
     assert [r.split(" | ")[0] for r in rows] == ["| float32", "| mixed_bfloat16"]
     assert rows[0].split(" | ")[2] == "1.00" and "CPU flags:" in proc.stdout
     assert_one_line_error(run_cli("-m", "checks.step_time", "--precision", "float64"), "--precision")
+
+
+def test_extra_data_joins_the_training_split_only_and_crop_field_augmentation_and_smoothing_train(tmp_path, tiny_data):
+    """The review loop: labelled images from elsewhere (--extra-data) go into training, never validation or
+    test; with the field recipe's options on (a crop contract, field augmentation, label smoothing)."""
+    import csv
+    import json
+    import shutil
+
+    from conftest import make_tree
+
+    extra = make_tree(tmp_path / "extra", {"red": 3, "green": 2}, size=48)
+    shutil.copy(next((tiny_data / "blue").iterdir()), extra / "green" / "copy-of-a-blue.png")  # mislabelled copy
+    run = tmp_path / "r"
+    args = ["-m", "train", "--data", str(tiny_data), "--run", str(run), "--backbone", "mobilenet", "--alpha", "0.25",
+            "--weights", "none", "--image-size", "32", "--epochs-head", "1", "--epochs-finetune", "1",
+            "--batch-size", "16", "--resize", "crop", "--augment-style", "field", "--label-smoothing", "0.1"]
+    proc = run_cli(*args, "--extra-data", str(extra))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = list(csv.DictReader(open(run / "split.csv")))
+    outside = [r for r in rows if Path(r["path"]).is_absolute()]
+    held = {r["sha256"] for r in rows if r["subset"] in ("val", "test")}
+    assert 5 <= len(outside) <= 6 and {r["subset"] for r in outside} == {"train"}
+    assert not any(r["sha256"] in held for r in outside)  # a copy of a held-out image never trains
+    cfg = json.loads((run / "config.json").read_text())
+    assert cfg["preprocessing"]["fit"] == "crop" and cfg["preprocessing"]["version"] == 2
+    report = json.loads((run / "data_report.json").read_text())["extra_data"]
+    assert report["images"] == len(outside)
+
+    (extra / "moth").mkdir()
+    make_tree(extra / "moth", {"x": 1})
+    bad = run_cli(*args[:5], str(tmp_path / "r2"), *args[6:], "--extra-data", str(extra))
+    assert_one_line_error(bad, "--extra-data", "moth", "name no class")
