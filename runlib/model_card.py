@@ -159,7 +159,7 @@ def _decisions(manifest, report):
     if not d:
         return []
     out = ["## Confidence and \"unknown\"", "",
-           f"Probabilities are calibrated (temperature scaling, T = {d['temperature']:.3f}, fitted on "
+           f"Probabilities are calibrated (top-label temperature scaling, T = {d['temperature']:.3f}, fitted on "
            f"{d.get('fitted_on', 'the validation split')}); the model answers \"unknown\" when its calibrated "
            f"confidence is under {d['threshold']:.3f} ({d.get('threshold_rule', '')}; "
            f"{d.get('validation_coverage', float('nan')):.1%} of validation images answered). Every exported file "

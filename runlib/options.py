@@ -101,7 +101,7 @@ TRAIN = (
       flag="--no-class-weights", group="data", resume=True),
     Option("augment", 1.0, "augmentation strength, 0 turns it off", type=float, demo=0.0, group="data",
            make="AUGMENT", low=0, resume=True),
-    Option("augment_style", "field", "basic: flips, rotation, zoom, shifts, contrast; field adds what photos from another "
+    Option("augment_style", "basic", "basic: flips, rotation, zoom, shifts, contrast; field adds what photos from another "
            "source differ by: random resized crops, brightness, saturation and hue, blur and sensor noise",
            choices=("basic", "field"), group="data", make="AUGMENT_STYLE", resume=True),
     Option("flip", True, "random horizontal flips while augmenting (a mirrored digit is no digit)", action="bool",

@@ -60,20 +60,43 @@ def solid(path, colour, size=(40, 40)):
 
 
 # ---------------------------------------------------------------- the rule itself
-def test_the_rule_calibrates_like_a_softmax_temperature_and_abstains_below_its_threshold():
+def test_the_rule_calibrates_the_top_label_and_abstains_below_its_threshold():
     from edge_runtime.decision import Rule
 
-    z = np.array([[2.0, 0.5, -1.0], [0.2, 0.1, 0.0]])
+    z = np.array([[2.0, 0.5, -1.0], [0.2, 0.1, 0.0], [3.0, -2.0, -2.0]])
     p = np.exp(z) / np.exp(z).sum(1, keepdims=True)
     for t in (0.5, 2.0, 3.0):
-        want = np.exp(z / t) / np.exp(z / t).sum(1, keepdims=True)
-        np.testing.assert_allclose(Rule(t).calibrate(p), want, rtol=1e-5)
+        cal = Rule(t).calibrate(p)
+        top = p.max(1)
+        want = 1 / (1 + np.exp(-np.log(top / (1 - top)) / t))  # the top label's odds to the power 1/T
+        free = (t >= 1) | (top >= 0.5)  # (T < 1 on a top under 1/2: floored where the runner-up would overtake it)
+        np.testing.assert_allclose(cal.max(1)[free], want[free], rtol=1e-5)
+        np.testing.assert_allclose(cal.sum(1), 1.0, rtol=1e-5)
+        assert (cal.argmax(1) == p.argmax(1)).all()  # the ranking never changes
+        np.testing.assert_allclose(cal[0, 1] / cal[0, 2], p[0, 1] / p[0, 2], rtol=1e-4)  # the rest in proportion
     np.testing.assert_array_equal(Rule().calibrate(p), p.astype(np.float32))
     labels, conf = Rule(1.0, 0.5).decide(p)
-    assert labels.tolist() == [0, -1] and conf[0] > 0.5 > conf[1]
-    assert Rule(1.0, 0.0).decide(p)[0].tolist() == [0, 0]  # threshold 0 never abstains
-    q = np.array([[1.0, 0.0, 0.0]], np.float32)  # an int8 softmax's exact zeros stay finite
-    assert np.isfinite(Rule(3.0).calibrate(q)).all()
+    assert labels.tolist() == [0, -1, 0] and conf[0] > 0.5 > conf[1]
+    assert Rule(1.0, 0.0).decide(p)[0].tolist() == [0, 0, 0]  # threshold 0 never abstains
+    # the decision reads the top probability alone: answered exactly when it reaches raw_threshold()
+    rule = Rule(2.5, 0.7)
+    tops = np.linspace(0.34, 0.999, 500)
+    rows = np.stack([tops, (1 - tops) * 0.7, (1 - tops) * 0.3], 1)
+    assert ((rule.decide(rows)[0] >= 0) == (tops >= rule.raw_threshold() - 1e-9)).all()
+    q = np.array([[1.0, 0.0, 0.0]], np.float32)  # an int8 softmax's exact zeros and ones stay finite
+    assert np.isfinite(Rule(3.0).calibrate(q)).all() and Rule(3.0).calibrate(q).sum() == pytest.approx(1.0)
+
+
+def test_the_decision_does_not_move_with_the_tail_an_integer_file_rounds_away():
+    """A file that keeps the top probability and rounds the small ones to zero (as a uint8 softmax does) keeps
+    the confidence and the decision."""
+    from edge_runtime.decision import Rule
+
+    keras = np.array([[0.93, 0.03, 0.02, 0.01, 0.005, 0.005]], np.float32)
+    rounded = np.array([[0.93, 0.03, 0.02, 0.0, 0.0, 0.0]], np.float32)
+    rule = Rule(2.0, 0.75)
+    assert rule.decide(keras)[1][0] == pytest.approx(rule.decide(rounded)[1][0])
+    assert rule.decide(keras)[0][0] == rule.decide(rounded)[0][0] == 0
 
 
 def test_a_rule_the_runtime_does_not_know_is_refused():
@@ -91,11 +114,11 @@ def test_temperature_scaling_recovers_the_temperature_of_an_overconfident_model(
     from export.abstention import fit_temperature
 
     rng = np.random.default_rng(0)
-    z = rng.normal(0, 1.5, (3000, 5))
-    true_p = np.exp(z) / np.exp(z).sum(1, keepdims=True)
-    y = np.array([rng.choice(5, p=row) for row in true_p])
-    over = np.exp(3 * z) / np.exp(3 * z).sum(1, keepdims=True)  # the same ranking, three times too sharp
-    t, before, after = fit_temperature(y, over)
+    top = rng.uniform(0.4, 0.9999, 4000)
+    right_rate = 1 / (1 + np.exp(-np.log(top / (1 - top)) / 3))  # it is right less often than it says: T = 3
+    probs = np.stack([top, (1 - top) / 2, (1 - top) / 2], 1)
+    y = np.where(rng.random(len(top)) < right_rate, 0, 1)
+    t, before, after = fit_temperature(y, probs)
     assert 2.6 < t < 3.4 and after < before
 
 

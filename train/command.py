@@ -19,7 +19,7 @@ def add_preview(sub):
     p.add_argument("--image-size", default="224", help="input size (default 224)")
     p.add_argument("--augment", type=float, default=1.0, help="strength (default 1)")
     p.add_argument("--flip", action=argparse.BooleanOptionalAction, default=True, help="include random mirror images")
-    p.add_argument("--augment-style", choices=("basic", "field"), default="field", help="as in train (default field)")
+    p.add_argument("--augment-style", choices=("basic", "field"), default="basic", help="as in train (default basic)")
     p.add_argument("--resize", choices=("squash", "crop"), default="crop", help="as in train (default crop)")
     p.add_argument("--count", type=int, default=6, help="how many images (rows; default 6)")
     p.add_argument("--seed", type=int, default=0)
