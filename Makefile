@@ -46,6 +46,7 @@ UNKNOWN ?=
 FIELD ?=
 CALIB ?=
 QAT_EPOCHS ?=
+QAT ?=
 EXPORT_ARGS ?=
 MAX_DROP ?=
 MIN_AGREEMENT ?=
@@ -73,7 +74,7 @@ TRAIN_OPTS = $(call opt,--data,$(DATA)) $(call opt,--csv,$(CSV)) $(call opt,--ru
 PARITY_OPTS = $(call opt,--max-drop,$(MAX_DROP)) $(call opt,--min-agreement,$(MIN_AGREEMENT)) \
   $(call opt,--max-class-drop,$(MAX_CLASS_DROP))
 EXPORT_OPTS = $(call opt,--run,$(RUN)) $(call opt,--variants,$(VARIANTS)) $(call opt,--calibration-images,$(CALIB)) \
-  $(call opt,--qat-epochs,$(QAT_EPOCHS)) $(call opt,--unknown,$(UNKNOWN)) $(PARITY_OPTS) $(EXPORT_ARGS)
+  $(call opt,--qat,$(QAT)) $(call opt,--qat-epochs,$(QAT_EPOCHS)) $(call opt,--unknown,$(UNKNOWN)) $(PARITY_OPTS) $(EXPORT_ARGS)
 BENCH_OPTS = $(call opt,--run,$(RUN)) $(call opt,--variants,$(VARIANTS)) $(call opt,--unknown,$(UNKNOWN)) \
   $(call opt,--field,$(FIELD)) $(PARITY_OPTS) $(BENCH_ARGS)
 

@@ -135,6 +135,8 @@ def targets(run, variant_names=None):
     unavailable = {}
     for v in from_names(variant_names):
         entry = exported.get(v.name)
+        if entry and entry.get("status") == "skipped":  # not needed this time (--qat): neither a pass nor a failure
+            continue
         if entry and entry.get("status") == "ok":
             plain_name(entry.get("file"), f"{run.export_manifest}, {v.name}")
             if entry.get("reference_model"):
@@ -159,6 +161,13 @@ def targets(run, variant_names=None):
         raise InputError(f"{run.path} has no exported variant to benchmark"
                          + (f" among {variant_names}" if variant_names else "") + f"; run `make export RUN={run.path}`")
     return out, unavailable
+
+
+def skipped(run, variant_names=None):
+    """{variant: why} of the asked-for variants export skipped on purpose (--qat auto or off)."""
+    exported = run.manifest().get("variants", {})
+    return {v.name: exported[v.name].get("why", "skipped by export") for v in from_names(variant_names)
+            if (exported.get(v.name) or {}).get("status") == "skipped"}
 
 
 def run_worker(job, workdir):
@@ -197,6 +206,8 @@ def measure_all(run, config):
     chosen, unavailable = targets(run, variant_names)
     for name, why in unavailable.items():
         log(f"{name}: no export to measure ({why}); it fails the gate")
+    for name, why in skipped(run, variant_names).items():
+        log(f"{name}: not exported on purpose ({why}); neither measured nor gated")
     with tempfile.TemporaryDirectory(prefix=scratch_prefix("benchmark")) as work:
         bench = Measurer(run, Path(work), config)
         log(f"run {run.path}: {len(bench.paths)} test images, {len(bench.classes)} classes, {len(chosen)} models, "
@@ -221,6 +232,7 @@ def measure_all(run, config):
                "timing": bench.timing, "unavailable": unavailable, "labels": bench.y.tolist(),
                "paths": [str(p.relative_to(run.data_root())) for p in bench.paths],
                "robustness": bench.robust_context, "decision_rule": bench.rule.as_dict(),
+               "skipped": skipped(run, variant_names),
                "outside": bench.outside.meta if bench.outside is not None else None}
     return rows, context
 

@@ -98,6 +98,9 @@ def markdown(report):
     out += ceiling_section(rows, m.get("cpu_flags", []))
     out += decision_section(rows, ctx)
     out += class_section(rows) + flips_section(rows) + robustness_section(rows, ctx)
+    if ctx.get("skipped"):
+        out += ["Not exported on purpose, so neither measured nor gated: " + ", ".join(
+            f"`{k}` ({v})" for k, v in ctx["skipped"].items()), ""]
     if ctx["unavailable"]:
         out += ["Not benchmarked (no good export): " + ", ".join(f"{k} ({v})" for k, v in ctx["unavailable"].items()), ""]
     errors = [r for r in rows if r["status"] != "ok"]

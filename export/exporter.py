@@ -398,14 +398,47 @@ def commit(out, entry):
     fsync_path(out)
 
 
+def skip_reason(v, ctx, manifest):
+    """Why variant v is not converted this time (--qat), or None: with auto, a variant that is needed only when
+    another's file misses the budget is skipped when that file met it on validation."""
+    if not v.needed_unless or ctx.export_config.qat == "on":
+        return None
+    if ctx.export_config.qat == "off":
+        return "--qat off"
+    other = manifest["variants"].get(v.needed_unless) or {}
+    fb = other.get("fallback") or {}
+    if other.get("status") == "ok" and other.get("source_sha256") == ctx.source_sha256 and fb.get("met_budget"):
+        return (f"--qat auto: {v.needed_unless} already meets the parity budget on validation "
+                f"({fb.get('kept_float') and len(fb['kept_float']) or 0} ops kept float)")
+    return None
+
+
+def _skip(v, why, out, manifest):
+    manifest["variants"][v.name] = {"file": v.filename, "format": v.format, "precision": v.precision,
+                                    "status": "skipped", "why": why}
+    log(f"    skipped: {why}")
+    write_json(out / MANIFEST, manifest)
+
+
 def _export_each(chosen, ctx, out, manifest, failed):
     from .background import start
 
     progress, done = Progress("export", len(chosen), "variants"), 0
+    names = {v.name for v in chosen}
+    # decided after the variant they depend on; converted then, if needed, in the foreground
+    later = [v for v in chosen if v.needed_unless and ctx.export_config.qat == "auto" and v.needed_unless in names]
     # a variant that keeps every core busy for minutes (QAT's fine-tuning) converts in a process of its own meanwhile
-    jobs = start([v for v in chosen if v.background], ctx) if len(chosen) > 1 and cores() > 1 else {}
-    for v in chosen:
+    jobs = (start([v for v in chosen if v.background and v not in later and not skip_reason(v, ctx, manifest)], ctx)
+            if len(chosen) > 1 and cores() > 1 else {})
+    for v in [v for v in chosen if v not in later] + later:
         if v.name in jobs:
+            continue
+        why = skip_reason(v, ctx, manifest)
+        if why:
+            done += 1
+            log(f"[{done}/{len(chosen)}] {v.name}")
+            _skip(v, why, out, manifest)
+            progress.update(done, v.name)
             continue
         done += 1
         log(f"[{done}/{len(chosen)}] {v.name} ({v.format}, {v.precision})")

@@ -25,6 +25,7 @@ class Variant:
     deployable: bool = True  # may go in a device bundle
     float_source: bool = False  # the benchmark also measures the float model it was converted from (QAT)
     gated_against: str = KERAS  # the model whose predictions its agreement is gated against
+    needed_unless: str = ""  # with --qat auto, converted only when this variant's file misses the budget
 
     @property
     def selfcheck_kind(self):
@@ -40,7 +41,8 @@ VARIANTS = (
     Variant("tflite-int8", "tflite", "int8", "model-int8.tflite", tflite_convert.int8, calibrated=True, int8_weights=True,
             integer_io=True),
     Variant("tflite-qat-int8", "tflite", "int8 (quantization-aware)", "model-qat-int8.tflite", tflite_convert.qat_int8,
-            calibrated=True, int8_weights=True, integer_io=True, background=True, float_source=True),
+            calibrated=True, int8_weights=True, integer_io=True, background=True, float_source=True,
+            needed_unless="tflite-int8"),
     Variant("onnx-fp32", "onnx", "float32", "model-fp32.onnx", onnx_convert.fp32, float_preference=3),
     Variant("onnx-int8", "onnx", "int8 (QDQ, per-channel)", "model-int8.onnx", onnx_convert.int8, calibrated=True,
             int8_weights=True),

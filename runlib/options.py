@@ -188,6 +188,9 @@ EXPORT = (
     RUN, VARIANTS,
     Option("calibration_images", 300, "representative images for int8 (or the whole training split if smaller)",
       type=int, make="CALIB", low=1),
+    Option("qat", "auto", "quantization-aware training: auto converts tflite-qat-int8 only when tflite-int8 misses the "
+           "parity budget on validation (decisions included); on always; off never", choices=("auto", "on", "off"),
+           make="QAT"),
     Option("qat_epochs", 2, "quantization-aware fine-tuning epochs", type=int, demo=1, make="QAT_EPOCHS", low=0),
     Option("qat_lr", 1e-5, "quantization-aware fine-tuning learning rate", type=float, low=0),
     Option("qat_labels", 0.0, "share of the quantization-aware loss taken from the labels; the rest distils the float "

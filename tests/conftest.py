@@ -83,7 +83,7 @@ def tiny_export(tiny_run):
     """Every export variant of the tiny run, exported through the Python API."""
     import export
 
-    result = export.export(tiny_run.path, calibration_images=20, qat_epochs=1, smoke_images=8)
+    result = export.export(tiny_run.path, calibration_images=20, qat="on", qat_epochs=1, smoke_images=8)
     assert result.ok, result.manifest
     return tiny_run
 

@@ -363,3 +363,19 @@ def test_the_report_names_every_op_the_fallback_kept_float_and_its_cost():
             "0.960 → 0.984, mean |Δp| 0.0053 → 0.0016, Δ top-1 +0.8 → +0.0 pts") in text
     row["bias_correction"] = {"tried": False, "why": "the plain file meets the budget"}
     assert "bias correction not tried (the plain file meets the budget)" in "\n".join(fallback_section([row]))
+
+
+def test_a_variant_export_skipped_on_purpose_is_neither_measured_nor_failed(run_copy):
+    from edge_runtime.files import read_manifest, write_json
+
+    manifest = read_manifest(run_copy.export_dir)
+    manifest["variants"]["tflite-qat-int8"] = {"file": "model-qat-int8.tflite", "format": "tflite", "status": "skipped",
+                                              "precision": "int8", "why": "--qat auto: tflite-int8 already meets it"}
+    write_json(run_copy.export_dir / "manifest.json", manifest)
+    proc = run_cli("-m", "benchmark", "--run", str(run_copy.path), "--variants", "tflite-fp32,tflite-qat-int8",
+                   "--accept-inconclusive", *FAST)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    report = json.loads((run_copy.benchmark_dir / "report.json").read_text())
+    assert [r["variant"] for r in report["rows"]] == ["keras", "tflite-fp32"]
+    assert report["context"]["skipped"] == {"tflite-qat-int8": "--qat auto: tflite-int8 already meets it"}
+    assert "Not exported on purpose" in (run_copy.benchmark_dir / "report.md").read_text()

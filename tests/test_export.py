@@ -302,3 +302,27 @@ def test_every_export_option_reaches_the_exporters_context(tiny_run, monkeypatch
     assert {k: seen[k] for k in given} == given
     assert (seen["calibration_count"], seen["smoke_count"]) == (7, 5)
     assert (seen["budget"].max_drop, seen["budget"].min_agreement) == (2.0, 0.9)
+
+
+def test_qat_auto_runs_only_when_the_post_training_file_misses_the_budget():
+    from types import SimpleNamespace
+
+    from export.exporter import skip_reason
+    from export.variants import BY_NAME
+
+    qat = BY_NAME["tflite-qat-int8"]
+
+    def ctx(mode):
+        return SimpleNamespace(export_config=SimpleNamespace(qat=mode), source_sha256="abc")
+
+    def manifest(met, source="abc"):
+        return {"variants": {"tflite-int8": {"status": "ok", "source_sha256": source,
+                                             "fallback": {"met_budget": met, "kept_float": ["a"]}}}}
+
+    assert "meets the parity budget" in skip_reason(qat, ctx("auto"), manifest(True))
+    assert skip_reason(qat, ctx("auto"), manifest(False)) is None
+    assert skip_reason(qat, ctx("auto"), manifest(True, source="old model")) is None  # another model's file
+    assert skip_reason(qat, ctx("auto"), {"variants": {}}) is None
+    assert skip_reason(qat, ctx("on"), manifest(True)) is None
+    assert skip_reason(qat, ctx("off"), manifest(False)) == "--qat off"
+    assert skip_reason(BY_NAME["tflite-int8"], ctx("off"), manifest(False)) is None
