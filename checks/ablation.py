@@ -81,8 +81,8 @@ def field_figures(run, field):
         return json.loads(out.read_text(encoding="utf-8"))
     import numpy as np
 
-    from edge_runtime.preprocess import fit_of, load_pixels
-    from runlib.field import half, read_field
+    from edge_runtime.preprocess import fit_of
+    from runlib.field import half, pixels_of, read_field
     from runlib.run_folder import Run
     from runlib.selective import auroc
     from train.model import load_run_model
@@ -91,11 +91,11 @@ def field_figures(run, field):
     cfg = r.config()
     photos = read_field(field, r.class_names())
     model = load_run_model(r)
-    probs = np.concatenate([model.predict(np.stack([load_pixels(p, cfg["image_size"], fit_of(cfg)) for p in
-                                                    photos.paths[i:i + 64]]).astype(np.float32), verbose=0)
-                            for i in range(0, len(photos.paths), 64)])
-    y = np.array(photos.labels)
-    halves = np.array([half(photos, p) for p in photos.paths])
+    pixels, kept = pixels_of(photos, cfg["image_size"], fit_of(cfg), "--field", print)
+    probs = np.concatenate([model.predict(pixels[i:i + 64].astype(np.float32), verbose=0)
+                            for i in range(0, len(pixels), 64)])
+    y = np.array([photos.labels[i] for i in kept])
+    halves = np.array([half(photos, photos.paths[i]) for i in kept])
     fig = {}
     for name in ("dev", "holdout"):
         m = (halves == name) & (y >= 0)

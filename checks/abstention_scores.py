@@ -69,9 +69,10 @@ def main(argv=None):
         y = np.array([photos.labels[i] for i in kept])
         dev = np.array([half(photos, photos.paths[i]) == "dev" for i in kept])
         train_f, _ = pooled_and_logits(model, train_px)
-        out = {}
+        out, logits = {}, {}
         for name, px in (("field", field_px), ("test", test_px)):
-            out[name] = scores(train_f, y_train, *pooled_and_logits(model, px))
+            feats, logits[name] = pooled_and_logits(model, px)
+            out[name] = scores(train_f, y_train, feats, logits[name])
         print(f"run {run.path}; field {a.field} (dev half: {int((dev & (y >= 0)).sum())} known, "
               f"{int((dev & (y < 0)).sum())} unknown-species photos); test split {len(test_px)} images\n")
         print("| score | AUROC field known vs unknown (dev) | AUROC Leeds test vs field unknown (dev) |\n|---|---|---|")
@@ -82,8 +83,7 @@ def main(argv=None):
         # 90% of the Leeds test images, chosen on the test split itself (an oracle, for this bound only)
         t = np.quantile(out["test"]["max probability"], 0.10)
         f = out["field"]["max probability"]
-        _, field_logits = pooled_and_logits(model, field_px)
-        right = field_logits.argmax(1) == y
+        right = logits["field"].argmax(1) == y
         answered = f >= t
         print(f"\nOracle bound: the top-probability threshold answering 90% of the Leeds test images ({t:.3f}) names "
               f"{answered[y < 0].mean():.1%} of the unknown-species photos and answers {answered[y >= 0].mean():.1%} "

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edge_runtime.errors import InputError
-from edge_runtime.inputs import image_suffixes
+from edge_runtime.inputs import expand
 
 UNKNOWN = -1  # the label of an image whose species the model must not name
 
@@ -27,16 +27,11 @@ class Photos:
     known_folders: list
     unknown_folders: list
 
-    def subset(self, keep):
-        idx = [i for i, p in enumerate(self.paths) if keep(p)]
-        return Photos(self.root, [self.paths[i] for i in idx], [self.labels[i] for i in idx], self.known_folders,
-                      self.unknown_folders)
-
 
 def _images(folder):
-    suffixes = image_suffixes()
-    return sorted(p for p in Path(folder).rglob("*") if p.is_file() and p.suffix.lower() in suffixes
-                  and not any(part.startswith(".") for part in p.relative_to(folder).parts))
+    """The image files under folder as the runtime's own walk finds them: in name order, hidden names left out,
+    symlinked folders not entered (a link back up would never end), each file once."""
+    return [Path(p) for p in expand([str(folder)])]
 
 
 def read_field(folder, classes):
