@@ -164,10 +164,10 @@ class Classifier:
         first (ties in class order), and the decision, a label or "unknown"."""
         cal = self.rule.calibrate(probs[None])[0]
         order = np.argsort(-cal, kind="stable")[: min(int(k), self.num_classes)]
-        conf = float(cal[order[0]])
-        answered = conf >= self.rule.threshold
-        return Prediction([(self.labels[i], float(cal[i])) for i in order], self.labels[order[0]] if answered else UNKNOWN,
-                          conf, not answered or conf < self.rule.review_below)
+        decided, conf = (v[0] for v in self.rule.decide(probs[None]))  # the rule's one decision, as every file's
+        return Prediction([(self.labels[i], float(cal[i])) for i in order],
+                          UNKNOWN if decided < 0 else self.labels[decided], float(conf),
+                          decided < 0 or conf < self.rule.review_below)
 
     def predict(self, images, top_k=5, batch=BATCH):
         """A Prediction for one image, or a list of those for a list of images: top-k [(label, probability),
