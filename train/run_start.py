@@ -104,6 +104,8 @@ def extra_samples(folder, classes, samples, report):
     """--extra-data: labelled images for the training split only, kept by absolute path (they live outside the data
     folder). A folder that is not a class is an error; a copy of a validation or test image is left out."""
     root = Path(folder).resolve()
+    if not root.is_dir():
+        raise InputError(f"--extra-data {folder}: no such folder")
     entries, _ = D.list_folder(root)
     extra, scanned = D.scan(entries, root)
     strangers = sorted({s.label for s in extra} - set(classes))
